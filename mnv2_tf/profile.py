@@ -1,0 +1,184 @@
+"""Multiply-adds and parameters of a Keras model, per layer and in total.
+
+The paper (Section 5, Table 3) and the slim checkpoint table measure a network by its
+multiply-adds (MACs): one per weight per output position of every convolution, depthwise
+convolution and dense layer, nothing for batch norm, biases, activations, pooling or adds.
+Parameters are reported with and without BatchNorm's four per-channel values (the slim
+table counts them without). Nested models and wrapped layers (e.g. tfmot's quantize
+wrappers) are counted through.
+
+    python -m mnv2_tf.profile --model mobilenet_v2 --alpha 1.0 --input_size 224
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tf_keras
+
+layers = tf_keras.layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerProfile:
+    """One layer's share."""
+
+    name: str
+    type: str
+    output_shape: tuple
+    macs: int
+    params: int
+    is_batch_norm: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Totals (integers) and the per-layer rows."""
+
+    macs: int
+    params: int
+    params_without_bn: int
+    layers: tuple[LayerProfile, ...]
+
+    def table(self, all_layers: bool = False) -> str:
+        """A fixed-width table: layers with MACs or parameters (or all), then the totals."""
+        rows = [r for r in self.layers if all_layers or r.macs or r.params]
+        name_width = max([len(r.name) for r in rows] + [5])
+        lines = [
+            f"{'layer':<{name_width}}  {'type':<22} {'output':<18} {'MACs':>13} {'params':>10}",
+            "-" * (name_width + 68),
+        ]
+        for r in rows:
+            shape = "x".join(str(d) for d in r.output_shape)
+            lines.append(
+                f"{r.name:<{name_width}}  {r.type:<22} {shape:<18} {r.macs:>13,} {r.params:>10,}"
+            )
+        lines.append("-" * (name_width + 68))
+        lines.append(f"MACs:                 {self.macs:>15,}  ({self.macs / 1e6:.1f} M)")
+        lines.append(f"parameters:           {self.params:>15,}  ({self.params / 1e6:.3f} M)")
+        lines.append(
+            f"parameters (no BN):   {self.params_without_bn:>15,}  "
+            f"({self.params_without_bn / 1e6:.3f} M)"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "macs": self.macs,
+            "params": self.params,
+            "params_without_bn": self.params_without_bn,
+        }
+
+
+def _shape(tensor_shape) -> tuple:
+    shape = tuple(tensor_shape)
+    if any(d is None for d in shape[1:]):
+        raise ValueError(
+            f"cannot count multiply-adds for a dynamic shape {shape}; build the model "
+            "with a fixed input size"
+        )
+    return shape
+
+
+def _layer_macs(layer: tf_keras.layers.Layer, called: tf_keras.layers.Layer) -> int:
+    """Multiply-adds of one (unwrapped) `layer` for a batch of one.
+
+    `called` is the layer as it stands in the graph (a wrapper, or `layer` itself): its
+    input and output hold the shapes.
+    """
+    if not isinstance(
+        layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)
+    ):
+        return 0
+    inp, out = _shape(called.input.shape), _shape(called.output.shape)
+    if isinstance(layer, layers.Dense):
+        return math.prod(inp[1:-1]) * inp[-1] * layer.units
+    positions = out[1] * out[2]
+    kh, kw = layer.kernel_size
+    if isinstance(layer, layers.DepthwiseConv2D):
+        return positions * kh * kw * out[3]
+    if isinstance(layer, layers.SeparableConv2D):
+        depthwise_channels = inp[-1] * layer.depth_multiplier
+        return positions * (kh * kw * depthwise_channels + depthwise_channels * out[3])
+    return positions * kh * kw * (inp[-1] // layer.groups) * out[3]
+
+
+def _unwrap(layer):
+    while isinstance(layer, layers.Wrapper):
+        layer = layer.layer
+    return layer
+
+
+def _walk(model: tf_keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.Model):
+            yield from _walk(layer)
+        else:
+            yield layer
+
+
+def count(model: tf_keras.Model) -> Profile:
+    """Counts multiply-adds and parameters of `model` for one input image."""
+    rows = []
+    for layer in _walk(model):
+        inner = _unwrap(layer)
+        is_bn = isinstance(inner, layers.BatchNormalization)
+        macs = _layer_macs(inner, layer)
+        rows.append(
+            LayerProfile(
+                name=layer.name,
+                type=type(inner).__name__,
+                output_shape=tuple(layer.output.shape[1:]),
+                macs=macs,
+                params=sum(math.prod(w.shape) for w in inner.weights),
+                is_batch_norm=is_bn,
+            )
+        )
+    params = sum(r.params for r in rows)
+    return Profile(
+        macs=sum(r.macs for r in rows),
+        params=params,
+        params_without_bn=params - sum(r.params for r in rows if r.is_batch_norm),
+        layers=tuple(rows),
+    )
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    from mnv2_tf import models
+
+    del argv
+    f = flags.FLAGS
+    model = models.build(
+        f.model,
+        alpha=f.alpha,
+        input_shape=(f.input_size, f.input_size, 3),
+        num_classes=f.num_classes,
+        include_top=f.include_top,
+        output_stride=f.output_stride,
+        remove_early_strides=f.remove_early_strides,
+    )
+    print(model.name)
+    print(count(model).table(all_layers=f.all_layers))
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v2", "mobilenet_v1"], "Which network.")
+    flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
+    flags.DEFINE_integer("input_size", 224, "Input height and width.")
+    flags.DEFINE_integer("num_classes", 1001, "Classifier outputs (slim's table uses 1001).")
+    flags.DEFINE_bool("include_top", True, "Count the classifier.")
+    flags.DEFINE_integer("output_stride", None, "8, 16 or 32 (atrous past it).")
+    flags.DEFINE_integer("remove_early_strides", 0, "Stride-2 layers made stride 1 (small inputs).")
+    flags.DEFINE_bool("all_layers", False, "List layers without MACs or parameters too.")
+
+
+if __name__ == "__main__":
+    from mnv2_tf import cli
+
+    _define_flags()
+    cli.run(main)

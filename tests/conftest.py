@@ -1,0 +1,35 @@
+"""Test set-up: mnv2_tf is imported first so that TF_USE_LEGACY_KERAS is set in its one place."""
+
+import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+# isort: split
+import numpy as np
+import pytest
+import tf_keras
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Every test starts from a clean Keras graph and fixed seeds."""
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(0)
+    np.random.seed(0)
+    yield
+    tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def _randomize_weights(model: tf_keras.Model, seed: int = 0) -> None:
+    """Gives every variable (BN moving statistics included) random values, so that a
+    transplant test cannot pass by accident on default initialisation."""
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        if "moving_variance" in var.name or "gamma" in var.name:
+            value = rng.uniform(0.5, 1.5, var.shape)
+        else:
+            value = rng.normal(0.0, 0.1, var.shape)
+        var.assign(value.astype(var.dtype.as_numpy_dtype))
+
+
+@pytest.fixture
+def randomize_weights():
+    return _randomize_weights
