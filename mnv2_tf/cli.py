@@ -1,25 +1,112 @@
-"""Shared start-up for the absl entry points (train.py, export_tflite.py, ...)."""
+"""Shared start-up for the absl entry points (train.py, export_tflite.py, ...).
+
+Bad input ends in one line on stderr (`error: ...`) and exit status 2, not a traceback:
+`UserError`s raised by the program, absl flag errors, and `--config.FIELD=VALUE` overrides
+that name no field of the (locked) config or give it a value of the wrong type.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import sys
 from collections.abc import Callable
 
-from absl import app
+from absl import app, flags
+from absl import logging as absl_logging
 
 from mnv2_tf.errors import UserError
 
 EXIT_USER_ERROR = 2
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """Runs `main` under absl; a `UserError` becomes one line on stderr and exit status 2."""
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _load_config_file(spec: str):
+    """The ConfigDict of `path[:arg]`, as ml_collections' config_flags would build it."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_config_under_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _fields(config, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        names.append(name)
+        if hasattr(value, "items"):
+            names.extend(_fields(value, name + "."))
+    return names
+
+
+def describe_override_error(argv: list[str], error: Exception, config_flag: str = "config") -> str:
+    """A one-line explanation of a failed `--config.FIELD=VALUE` override."""
+    spec = next(
+        (a.split("=", 1)[1] for a in argv if a.startswith(f"--{config_flag}=")),
+        None,
+    )
+    try:
+        config = _load_config_file(spec) if spec else None
+    except Exception as e:  # the config file itself is broken: say so
+        return f"cannot load config file {spec} ({type(e).__name__}: {e})"
+    if config is None:
+        return f"bad --{config_flag} value ({error})"
+    valid = _fields(config)
+    for arg in argv:
+        if not arg.startswith(f"--{config_flag}."):
+            continue
+        field = arg[len(f"--{config_flag}.") :].split("=", 1)[0]
+        if field not in valid:
+            parent = field.rpartition(".")[0]
+            while parent and parent not in valid:
+                parent = parent.rpartition(".")[0]
+            siblings = [v for v in valid if v.rpartition(".")[0] == parent]
+            close = difflib.get_close_matches(field, valid, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return (
+                f"unknown config field {field}{hint}; valid fields"
+                f"{' of ' + parent if parent else ''}: {', '.join(siblings)}"
+            )
+    first_line = str(error).strip().strip("'\"").splitlines()[0] if str(error).strip() else ""
+    return f"bad config override ({type(error).__name__}: {first_line})"
+
+
+def config_value(holder: flags.FlagHolder):
+    """The parsed config of a `config_flags` flag, or a UserError if its file did not load."""
+    config = holder.value
+    try:
+        config.keys()  # an unloadable file leaves a stand-in that raises on any access
+    except OSError as e:
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+        raise UserError(f"cannot load the config file ({detail}); check the --config path") from e
+    return config
+
+
+def run(main: Callable[[list[str]], None], config_flag: str = "config") -> None:
+    """Runs `main` under absl with one-line errors for bad input."""
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            fail(" ".join(line.strip() for line in str(e).splitlines() if line.strip()))
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            # ml_collections' config_flags raise these for overrides of a locked config.
+            fail(describe_override_error(argv, e, config_flag))
+        return []  # unreachable
 
     def guarded(argv: list[str]) -> None:
+        # TensorFlow logs INFO lines through absl; --verbosity=0 brings them back.
+        if not flags.FLAGS["verbosity"].present:
+            absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             main(argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            fail(str(e))
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse)

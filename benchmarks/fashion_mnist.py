@@ -1,0 +1,180 @@
+"""Fashion-MNIST quality and training speed of configs/fashion_mnist.py on this machine.
+
+    python benchmarks/fashion_mnist.py [--out=benchmarks/results/fashion_mnist.json]
+        [--skip_quality] [--skip_speed] [--speed_steps=60]
+
+Speed (side by side, in one process order): images/s of
+  - the input pipeline alone (batches drawn as fast as they come);
+  - `tf_keras.applications.MobileNetV2` trained by plain `model.fit` on the same pipeline;
+  - our trainer on the identical network (`remove_early_strides=0`, Keras' architecture);
+  - our trainer on the config's own network.
+Training speeds are the second epoch of `speed_steps` steps (the first pays for tracing).
+
+Quality: the config trained in full into a fresh workdir; per-epoch top-1 on the 10,000
+test images with wall time, the final top-1, and when (if) 94.0% was first reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+# isort: split
+import tensorflow as tf
+import tf_keras
+from absl import app, flags
+
+from mnv2_tf.data import make_dataset
+from mnv2_tf.train import config as config_lib
+from mnv2_tf.train import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUT = flags.DEFINE_string(
+    "out", os.path.join(ROOT, "benchmarks", "results", "fashion_mnist.json"), "JSON output."
+)
+_SKIP_QUALITY = flags.DEFINE_bool("skip_quality", False, "Only the speed comparison.")
+_SKIP_SPEED = flags.DEFINE_bool("skip_speed", False, "Only the full training run.")
+_SPEED_STEPS = flags.DEFINE_integer("speed_steps", 60, "Steps per timed epoch.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the full run (default: a temp dir).")
+TARGET = 0.94
+
+
+def load_config():
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import fashion_mnist
+
+    return fashion_mnist.get_config()
+
+
+def pipeline_speed(config, batches: int = 300) -> float:
+    ds, _ = make_dataset(
+        config.data, config_lib.preprocessing_of(config), "train", training=True,
+        batch_size=config.train.batch_size,
+    )  # fmt: skip
+    iterator = iter(ds)
+    for _ in range(20):
+        next(iterator)
+    start = time.time()
+    for _ in range(batches):
+        next(iterator)
+    return batches * config.train.batch_size / (time.time() - start)
+
+
+def keras_fit_speed(config, steps: int) -> float:
+    """keras.applications.MobileNetV2 + model.fit, same alpha, input, batch and data."""
+    tf_keras.backend.clear_session()
+    size = config.model.input_size
+    model = tf_keras.applications.MobileNetV2(
+        alpha=config.model.alpha, input_shape=(size, size, 3), weights=None, classes=10
+    )
+    model.compile(
+        optimizer=tf_keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+        loss="sparse_categorical_crossentropy",
+    )
+    ds, _ = make_dataset(
+        config.data, config_lib.preprocessing_of(config), "train", training=True,
+        batch_size=config.train.batch_size,
+    )  # fmt: skip
+    ds = ds.map(lambda ex: (ex["image"], ex["label"]))
+    times = []
+
+    class Timer(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.time() - self.start)
+
+    model.fit(ds, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[Timer()])
+    return steps * config.train.batch_size / times[-1]
+
+
+def trainer_speed(config, steps: int, remove_early_strides: int) -> float:
+    tf_keras.backend.clear_session()
+    with config.unlocked():
+        config.model.remove_early_strides = remove_early_strides
+        config.train.epochs = 2
+        config.train.steps_per_epoch = steps
+        config.train.save_saved_model = False
+        config.data.max_eval_examples = 256
+    with tempfile.TemporaryDirectory() as workdir:
+        history = trainer.train(config, workdir)
+    return history[-1]["images_per_sec"]
+
+
+def main(argv):
+    del argv
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+        },
+        "config": load_config().to_dict(),
+    }
+    if not _SKIP_SPEED.value:
+        steps = _SPEED_STEPS.value
+        speed = {"steps_per_timed_epoch": steps}
+        speed["pipeline_images_per_sec"] = pipeline_speed(load_config())
+        speed["keras_fit_images_per_sec"] = keras_fit_speed(load_config(), steps)
+        speed["ours_same_network_images_per_sec"] = trainer_speed(load_config(), steps, 0)
+        config = load_config()
+        speed["ours_config_network_images_per_sec"] = trainer_speed(
+            config, steps, config.model.remove_early_strides
+        )
+        speed["ours_vs_keras_fit"] = (
+            speed["ours_same_network_images_per_sec"] / speed["keras_fit_images_per_sec"]
+        )
+        speed["pipeline_vs_config_training"] = (
+            speed["pipeline_images_per_sec"] / speed["ours_config_network_images_per_sec"]
+        )
+        results["speed"] = speed
+        print(json.dumps(speed, indent=2), flush=True)
+    if not _SKIP_QUALITY.value:
+        tf_keras.backend.clear_session()
+        workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="fmnist_")
+        start = time.time()
+        history = trainer.train(load_config(), workdir)
+        reached = next((m for m in history if m["eval_top1"] >= TARGET), None)
+        results["quality"] = {
+            "workdir": workdir,
+            "wall_time_s": time.time() - start,
+            "final_top1": history[-1]["eval_top1"],
+            "best_top1": max(m["eval_top1"] for m in history),
+            "eval_examples": history[-1]["eval_examples"],
+            "target_top1": TARGET,
+            "target_reached_at_epoch": reached["epoch"] if reached else None,
+            "target_reached_at_wall_time_s": reached["wall_time_s"] if reached else None,
+            "epochs": [
+                {
+                    k: m[k]
+                    for k in (
+                        "epoch",
+                        "eval_top1",
+                        "train_loss",
+                        "eval_loss",
+                        "images_per_sec",
+                        "wall_time_s",
+                    )
+                }
+                for m in history
+            ],
+        }
+        print(json.dumps(results["quality"], indent=2), flush=True)
+    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,130 @@
+"""The fields every experiment config has, with their defaults.
+
+Config files under `configs/` start from `base_config()` and change what their experiment
+needs; `train.py` locks the result, so a misspelt `--config.FIELD=VALUE` fails.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from mnv2_tf.errors import UserError
+from mnv2_tf.models.common import Preprocessing
+
+# Model fields that change the architecture: a checkpoint only fits a model that agrees on them.
+ARCHITECTURE_FIELDS = (
+    "name",
+    "alpha",
+    "input_size",
+    "num_classes",
+    "expansion",
+    "linear_bottleneck",
+    "shortcut",
+    "output_stride",
+    "remove_early_strides",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mobilenet_v2"  # or "mobilenet_v1"
+    config.model.alpha = 1.0
+    config.model.input_size = 224
+    config.model.num_classes = config_dict.placeholder(int)  # None: from the dataset
+    config.model.dropout = 0.2
+    # Keras' 0.999 suits ImageNet-length runs; on small datasets the moving averages lag
+    # the weights for thousands of steps and evaluation sits at chance. 0.99 does not.
+    config.model.bn_momentum = 0.99
+    config.model.bn_epsilon = 1e-3
+    config.model.expansion = config_dict.placeholder(float)
+    config.model.linear_bottleneck = True
+    config.model.shortcut = "bottleneck"
+    config.model.output_stride = config_dict.placeholder(int)
+    config.model.remove_early_strides = 0
+    config.model.crop_fraction = Preprocessing.crop_fraction
+    # Keras ImageNet .h5 (path or URL) or another run's workdir; the head is replaced when
+    # the number of classes differs.
+    config.model.init_from = config_dict.placeholder(str)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "idx"  # "idx" | "folder" | "tfds"
+    config.data.name = config_dict.placeholder(str)  # TFDS name
+    config.data.data_dir = config_dict.placeholder(
+        str
+    )  # IDX folder, image-folder root, TFDS data_dir
+    config.data.download = False  # TFDS: download_and_prepare (needs a network)
+    config.data.train_split = "train"
+    config.data.eval_split = "test"
+    config.data.max_train_examples = config_dict.placeholder(int)  # None: all
+    config.data.max_eval_examples = config_dict.placeholder(int)
+    config.data.cache = True  # keep the (encoded) source in memory after the first epoch
+    config.data.shuffle_buffer = 50_000
+    config.data.augment = "auto"  # "inception" | "small" | "auto" (small for <= 64 px sources)
+    config.data.crop_scale = (0.08, 1.0)
+    config.data.small_pad = 4
+    config.data.random_erasing = 0.0
+    config.data.class_names = ()
+    config.data.deterministic = False  # True: a reproducible element order (slower map)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 10
+    config.train.batch_size = 128  # global
+    config.train.optimizer = "rmsprop"  # "rmsprop" (paper) | "sgd" | "adamw"
+    # The learning rate for `lr_batch_size` images, scaled linearly to batch_size
+    # (the paper: 0.045 per 96).
+    config.train.learning_rate = 0.045
+    config.train.lr_batch_size = 96
+    config.train.schedule = "exponential"  # "exponential" (paper: x0.98 per epoch) | "cosine"
+    config.train.decay_rate = 0.98
+    config.train.decay_epochs = 1.0
+    config.train.warmup_epochs = 0.0
+    config.train.momentum = 0.9
+    config.train.rmsprop_rho = 0.9
+    config.train.rmsprop_epsilon = 1.0
+    config.train.weight_decay = 4e-5  # L2 on conv/dense kernels, not depthwise (paper)
+    config.train.label_smoothing = 0.1
+    config.train.ema_decay = 0.9999  # 0 disables; eval and export use the EMA weights
+    config.train.freeze_backbone_epochs = 0  # fine-tuning: train only the head first
+    config.train.checkpoint_every_steps = 0  # 0: at the end of each epoch only
+    config.train.keep_checkpoints = 3
+    config.train.steps_per_loop = 50  # steps per tf.function call (fewer Python round trips)
+    config.train.steps_per_epoch = config_dict.placeholder(int)  # None: one pass over the data
+    config.train.seed = 0
+    config.train.strategy = "auto"  # "auto" | "default" | "mirrored" | "multi_worker" | "tpu"
+    config.train.mixed_precision = "auto"  # "auto" | "none" | "mixed_float16" | "mixed_bfloat16"
+    config.train.save_saved_model = True  # final/ and best/ saved_model/ besides model.h5
+    config.train.logical_cpu_devices = 0  # >1 splits the CPU into devices (tests, dry runs)
+    return config
+
+
+def preprocessing_of(config: ml_collections.ConfigDict) -> Preprocessing:
+    """The model's preprocessing constants, from the config's model section."""
+    return Preprocessing(
+        input_size=config.model.input_size, crop_fraction=config.model.crop_fraction
+    )
+
+
+def model_kwargs(model_cfg, num_classes: int) -> dict:
+    """Arguments of `models.build` from the config's model section."""
+    kwargs = dict(
+        alpha=model_cfg.alpha,
+        input_shape=(model_cfg.input_size, model_cfg.input_size, 3),
+        num_classes=num_classes,
+        dropout=model_cfg.dropout,
+        output_stride=model_cfg.output_stride,
+        remove_early_strides=model_cfg.remove_early_strides,
+        bn_momentum=model_cfg.bn_momentum,
+        bn_epsilon=model_cfg.bn_epsilon,
+    )
+    if model_cfg.name == "mobilenet_v2":
+        kwargs.update(
+            expansion=model_cfg.expansion,
+            linear_bottleneck=model_cfg.linear_bottleneck,
+            shortcut=model_cfg.shortcut,
+        )
+    elif model_cfg.name != "mobilenet_v1":
+        raise UserError(f"unknown model.name {model_cfg.name!r}; use mobilenet_v2 or mobilenet_v1")
+    return kwargs

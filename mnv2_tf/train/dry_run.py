@@ -1,0 +1,29 @@
+"""`train.py --dry_run`: the whole trainer for a few steps on random data in the config's
+format (TFDS sources through `tfds.testing.mock_data`, no download), to check a config
+before paying for the real run."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mnv2_tf.train import trainer
+
+DRY_RUN_STEPS = 3
+DRY_RUN_EXAMPLES = 64
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    with config.unlocked():
+        config.train.epochs = 1
+        config.train.steps_per_epoch = DRY_RUN_STEPS
+        config.train.batch_size = min(config.train.batch_size, 16)
+        config.data.max_train_examples = DRY_RUN_EXAMPLES
+        config.data.max_eval_examples = DRY_RUN_EXAMPLES // 2
+        config.data.shuffle_buffer = DRY_RUN_EXAMPLES
+        config.train.save_saved_model = False  # the slowest step; a dry run checks the rest
+    if config.data.source != "tfds":
+        return trainer.train(config, workdir)
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=DRY_RUN_EXAMPLES):
+        return trainer.train(config, workdir)
