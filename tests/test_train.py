@@ -284,15 +284,17 @@ def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
 
 
 @needs_fmnist
-def test_bfloat16_mixed_precision_trains_on_cpu(tmp_path):
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_on_cpu(tmp_path, policy):
+    # bfloat16 is the TPU path, float16 (with loss scaling) the GPU path; both run on a CPU.
     history = trainer.train(
-        tiny_config(**{"train.epochs": 1, "train.mixed_precision": "mixed_bfloat16"}), str(tmp_path)
+        tiny_config(**{"train.epochs": 1, "train.mixed_precision": policy}), str(tmp_path)
     )
     assert np.isfinite(history[0]["train_loss"])
-    assert (
-        json.loads((tmp_path / "config.json").read_text())["runtime"]["mixed_precision"]
-        == "mixed_bfloat16"
-    )
+    runtime = json.loads((tmp_path / "config.json").read_text())["runtime"]
+    assert runtime["mixed_precision"] == policy
+    final = tf_keras.models.load_model(tmp_path / "final" / "model.h5", compile=False)
+    assert final.get_layer("Conv1").dtype_policy.name == "float32"  # deployable as float32
 
 
 @needs_fmnist
