@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mnv2_tf.models.common import Preprocessing
+from mnv2_tf.models.common import Preprocessing, preprocess_input
 
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -140,11 +140,6 @@ def random_erasing(
     return tf.cond(tf.random.uniform([]) < probability, lambda: erased, lambda: image)
 
 
-def normalize(image: tf.Tensor, preprocessing: Preprocessing) -> tf.Tensor:
-    """0-255 -> [-1, 1] by the model's constants."""
-    return (tf.cast(image, tf.float32) - preprocessing.mean) / preprocessing.std
-
-
 def make_fn(
     *,
     training: bool,
@@ -175,7 +170,7 @@ def make_fn(
                 image = pad_and_random_crop(image, size, small_pad)
         if training and flip:
             image = tf.image.random_flip_left_right(image)
-        image = normalize(image, preprocessing)
+        image = preprocess_input(image, preprocessing)
         if training and augment == "small":
             image = random_erasing(image, random_erasing_prob)
         image = tf.ensure_shape(image, [size, size, 3])

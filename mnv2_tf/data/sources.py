@@ -91,11 +91,11 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def _idx_file(directory: str, prefix: str, kind: str) -> str:
-    for name in (f"{prefix}-{kind}-idx{1 if kind == 'labels' else 3}-ubyte",):
-        for candidate in (name + ".gz", name):
-            path = os.path.join(directory, candidate)
-            if os.path.exists(path):
-                return path
+    name = f"{prefix}-{kind}-idx{1 if kind == 'labels' else 3}-ubyte"
+    for candidate in (name + ".gz", name):
+        path = os.path.join(directory, candidate)
+        if os.path.exists(path):
+            return path
     raise UserError(
         f"no {prefix}-{kind}-idx*-ubyte[.gz] in {directory}; for Fashion-MNIST install the "
         "Debian package (apt-get install dataset-fashion-mnist) or point data.data_dir at "

@@ -36,12 +36,10 @@ from absl import logging
 from mnv2_tf import models
 from mnv2_tf.data import make_dataset, sources
 from mnv2_tf.errors import UserError
+from mnv2_tf.models import weights as weights_lib
 from mnv2_tf.train import config as config_lib
 from mnv2_tf.train import distribute, optim
 from mnv2_tf.train.ema import EMA
-
-HEAD_LAYERS = ("predictions", "conv_preds")
-
 
 # --- small file helpers (work on local paths, Drive mounts and gs:// alike) ---------------
 
@@ -131,7 +129,7 @@ def _init_from(model: tf_keras.Model, source: str) -> None:
 
 def _set_backbone_trainable(model: tf_keras.Model, trainable: bool) -> None:
     for layer in model.layers:
-        if layer.name not in HEAD_LAYERS:
+        if layer.name not in weights_lib.HEAD_LAYERS:
             layer.trainable = trainable
 
 
