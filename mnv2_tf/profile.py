@@ -159,6 +159,7 @@ def main(argv: list[str]) -> None:
         include_top=f.include_top,
         output_stride=f.output_stride,
         remove_early_strides=f.remove_early_strides,
+        atrous=f.atrous,
     )
     print(model.name)
     print(count(model).table(all_layers=f.all_layers))
@@ -174,6 +175,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("include_top", True, "Count the classifier.")
     flags.DEFINE_integer("output_stride", None, "8, 16 or 32 (atrous past it).")
     flags.DEFINE_integer("remove_early_strides", 0, "Stride-2 layers made stride 1 (small inputs).")
+    flags.DEFINE_bool("atrous", True, "Dilate past output_stride (False: plain stride removal).")
     flags.DEFINE_bool("all_layers", False, "List layers without MACs or parameters too.")
 
 

@@ -211,6 +211,24 @@ def test_remove_early_strides_for_small_images(removed, final):
     assert model.get_layer("block_1_depthwise").strides == ((2, 2) if removed < 2 else (1, 1))
 
 
+def test_small_image_classifier_without_atrous():
+    """The Fashion-MNIST layout: stem stride removed, stride capped at 8, no dilation."""
+    model = models.mobilenet_v2(
+        alpha=0.35, input_shape=(32, 32, 3), include_top=False, remove_early_strides=1,
+        output_stride=8, atrous=False,
+    )  # fmt: skip
+    assert model.output_shape == (None, 4, 4, 1280)
+    depthwise = [layer for layer in model.layers if layer.name.endswith("depthwise")]
+    assert all(layer.dilation_rate == (1, 1) for layer in depthwise)
+    assert model.get_layer("block_13_depthwise").strides == (1, 1)
+    dilated = models.mobilenet_v2(
+        alpha=0.35, input_shape=(32, 32, 3), include_top=False, remove_early_strides=1,
+        output_stride=8,
+    )  # fmt: skip
+    assert dilated.get_layer("block_16_depthwise").dilation_rate == (2, 2)
+    assert _weight_layout(model) == _weight_layout(dilated)
+
+
 def test_ablation_switches():
     kwargs = dict(alpha=0.35, input_shape=(32, 32, 3), num_classes=10)
     paper = models.mobilenet_v2(**kwargs)
@@ -333,3 +351,7 @@ def test_make_divisible_and_stride_plan():
     ]
     plan = common.plan_strides([2, 1, 2, 2], remove_early_strides=2)
     assert [p.stride for p in plan] == [1, 1, 1, 2]
+    plan = common.plan_strides([2, 1, 2, 1, 2, 2, 1], output_stride=8, atrous=False)
+    assert [(p.stride, p.dilation) for p in plan] == [
+        (2, 1), (1, 1), (2, 1), (1, 1), (2, 1), (1, 1), (1, 1),
+    ]  # fmt: skip

@@ -42,6 +42,7 @@ def plan_strides(
     nominal_strides: Sequence[int],
     output_stride: int | None = None,
     remove_early_strides: int = 0,
+    atrous: bool = True,
 ) -> list[LayerStride]:
     """Maps the paper's per-layer strides to (stride, dilation) pairs.
 
@@ -53,6 +54,9 @@ def plan_strides(
         DeepLabv3 and the slim implementation do).
       remove_early_strides: how many of the first stride-2 layers become stride 1, for small
         inputs (28-32 px) where the paper's stride 32 would leave a 1x1 map.
+      atrous: past `output_stride`, grow the dilation rate (True, for dense prediction) or
+        keep it 1 (False: plain stride removal, for classifying small images, where a
+        rate-4 3x3 kernel on a 4x4 map would see only padding around its centre).
 
     Returns:
       One `LayerStride` per entry of `nominal_strides`.
@@ -72,7 +76,8 @@ def plan_strides(
         elif output_stride is not None and current_stride >= output_stride:
             # The layer keeps the current rate; the layers after it see the grown one.
             plan.append(LayerStride(1, rate))
-            rate *= stride
+            if atrous:
+                rate *= stride
         else:
             plan.append(LayerStride(stride, 1))
             current_stride *= stride

@@ -58,6 +58,7 @@ def mobilenet_v1(
     depth_multiplier: int = 1,
     output_stride: int | None = None,
     remove_early_strides: int = 0,
+    atrous: bool = True,
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     block_specs: Sequence[SeparableSpec] = MNV1_BLOCK_SPECS,
@@ -71,7 +72,7 @@ def mobilenet_v1(
       num_classes, include_top, dropout, pooling, classifier_activation: as Keras.
       depth_multiplier: depthwise channel multiplier (the V1 paper's resolution
         multiplier is the input size instead).
-      output_stride, remove_early_strides: as in `mobilenet_v2`.
+      output_stride, remove_early_strides, atrous: as in `mobilenet_v2`.
       bn_momentum, bn_epsilon: of every BatchNormalization (Keras: 0.99, 1e-3).
       block_specs: the body table.
       name: default `mobilenet_{alpha}_{size}` as Keras.
@@ -80,7 +81,7 @@ def mobilenet_v1(
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     nominal = [STEM_STRIDE] + [spec.s for spec in block_specs]
-    strides = common.plan_strides(nominal, output_stride, remove_early_strides)
+    strides = common.plan_strides(nominal, output_stride, remove_early_strides, atrous)
 
     inputs = layers.Input(shape=(height, width, channels), name="input")
     x = layers.Conv2D(

@@ -152,6 +152,7 @@ def mobilenet_v2(
     shortcut: str = "bottleneck",
     output_stride: int | None = None,
     remove_early_strides: int = 0,
+    atrous: bool = True,
     bn_momentum: float = 0.999,
     bn_epsilon: float = 1e-3,
     block_specs: Sequence[BlockSpec] = MNV2_BLOCK_SPECS,
@@ -176,6 +177,8 @@ def mobilenet_v2(
       linear_bottleneck: False puts ReLU6 after each projection (ablation of Figure 6a).
       shortcut: "bottleneck" (paper), "expansion" or "none" (ablation of Figure 6b).
       output_stride: 8, 16 or 32 (None = 32); past it, strides become atrous rates.
+      atrous: False removes the strides past `output_stride` without dilating (small-image
+        classification).
       remove_early_strides: 1 makes the stem stride 1, 2 also the first stride-2 block,
         for 28-32 px images. 0 is the paper.
       bn_momentum, bn_epsilon: of every BatchNormalization (Keras: 0.999, 1e-3).
@@ -193,7 +196,9 @@ def mobilenet_v2(
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     blocks = _blocks(block_specs)
-    strides = common.plan_strides(nominal_strides(block_specs), output_stride, remove_early_strides)
+    strides = common.plan_strides(
+        nominal_strides(block_specs), output_stride, remove_early_strides, atrous
+    )
 
     inputs = layers.Input(shape=(height, width, channels), name="input")
     x = layers.Conv2D(

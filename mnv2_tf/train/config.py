@@ -23,6 +23,7 @@ ARCHITECTURE_FIELDS = (
     "shortcut",
     "output_stride",
     "remove_early_strides",
+    "atrous",
 )
 
 
@@ -44,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.shortcut = "bottleneck"
     config.model.output_stride = config_dict.placeholder(int)
     config.model.remove_early_strides = 0
+    # Past output_stride: dilate (True, DeepLab) or plainly drop the strides (False).
+    config.model.atrous = True
     config.model.crop_fraction = Preprocessing.crop_fraction
     # Keras ImageNet .h5 (path or URL) or another run's workdir; the head is replaced when
     # the number of classes differs.
@@ -116,6 +119,7 @@ def model_kwargs(model_cfg, num_classes: int) -> dict:
         dropout=model_cfg.dropout,
         output_stride=model_cfg.output_stride,
         remove_early_strides=model_cfg.remove_early_strides,
+        atrous=model_cfg.atrous,
         bn_momentum=model_cfg.bn_momentum,
         bn_epsilon=model_cfg.bn_epsilon,
     )
