@@ -464,11 +464,12 @@ def _write_final(
     best_h5 = os.path.join(workdir, "best", "model.h5")
     if tf.io.gfile.exists(best_h5):
         best = inference_model(weights, model_cfg, num_classes)
-        best.load_weights(_local_copy(best_h5))
+        best.load_weights(local_copy(best_h5))
         _save_saved_model(best, os.path.join(workdir, "best", "saved_model"))
 
 
-def _local_copy(path: str) -> str:
+def local_copy(path: str) -> str:
+    """h5py reads local files only: a gs:// or Drive path is copied to a temp folder first."""
     if os.path.exists(path):
         return path
     local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))

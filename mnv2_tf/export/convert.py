@@ -1,0 +1,217 @@
+"""Keras -> TFLite with `tf.lite.TFLiteConverter`, in the five modes export offers, and
+the inspection of a `.tflite` file (op types, float ops, I/O) with LiteRT.
+
+Modes:
+  float32   the float model as is;
+  float16   weights stored as float16 (half the size; GPU delegates run it in fp16);
+  dynamic   dynamic-range quantization: int8 weights, float activations;
+  int8      full-integer post-training quantization calibrated on a representative set;
+  qat       full-integer conversion of a quantization-aware-trained model (see qat.py).
+
+`image_input="uint8"` gives the model a raw RGB pixel input, so an app feeds camera pixels
+as they are. Float models normalize in the graph (Cast, Mul, Add before the network). In
+integer models the normalization is the input's quantization itself: the input range is
+calibrated to exactly [-1, 1], so the uint8 input has scale 2/255 and zero point 128 and
+a pixel p means (p - 128) * 2/255, within half a pixel level of (p - 127.5) / 127.5 - the
+way TFLite's own quantized MobileNets take pixels, with no extra op and no extra rounding.
+The half-level offset is then compensated in the first convolution's batch norm (or bias):
+`compensate_input_offset`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from ai_edge_litert import interpreter as litert
+
+from mnv2_tf.errors import UserError
+from mnv2_tf.models.common import Preprocessing
+
+MODES = ("float32", "float16", "dynamic", "int8", "qat")
+INTEGER_MODES = ("int8", "qat")
+IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+# Ops that only convert between the float I/O of a model and its integer body.
+IO_CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")
+FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+
+
+def file_name(mode: str) -> str:
+    return {"qat": "model_qat_int8.tflite"}.get(mode, f"model_{mode}.tflite")
+
+
+def serving_function(
+    model: tf_keras.Model, preprocessing: Preprocessing, image_input: str | None
+) -> tf.types.experimental.ConcreteFunction:
+    """The function that becomes the TFLite graph: batch of images -> probabilities.
+
+    With `image_input` the input holds raw pixels (uint8, or float32 pixel values) and the
+    normalization is part of the graph.
+    """
+    size = model.input_shape[1:]
+    if image_input is None:
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *size], tf.float32, name="input")])
+        def serve(images):
+            return {"probabilities": model(images, training=False)}
+
+    else:
+        dtype = tf.uint8 if image_input == "uint8" else tf.float32
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *size], dtype, name="image")])
+        def serve(images):
+            x = tf.cast(images, tf.float32) * preprocessing.scale + preprocessing.offset
+            return {"probabilities": model(x, training=False)}
+
+    return serve.get_concrete_function()
+
+
+def convert(
+    model: tf_keras.Model,
+    mode: str,
+    preprocessing: Preprocessing,
+    *,
+    representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+    io_type: str = "int8",
+    image_input: str | None = None,
+) -> bytes:
+    """Converts `model` (float, or QAT-annotated for "qat") to a TFLite flatbuffer.
+
+    Args:
+      model: the Keras model; for "qat" the output of `qat.quantize`.
+      mode: one of MODES.
+      preprocessing: the model's normalization constants (used with `image_input`).
+      representative: yields [batch] lists of normalized calibration images (with
+        `image_input`, spanning exactly [-1, 1]); needed for "int8",
+        optional for "qat" (it refines ranges the fake-quant nodes do not cover).
+      io_type: input/output type of integer models: "int8", "uint8" or "float32".
+      image_input: None, or "uint8" for a raw-pixel input.
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
+    if io_type not in IO_TYPES:
+        raise UserError(f"unknown --io_type={io_type}; choose from {', '.join(IO_TYPES)}")
+    integer = mode in INTEGER_MODES
+    # Integer models fold the normalization into the input's quantization (see above).
+    function_input = None if image_input is None or integer else "uint8"
+    function = serving_function(model, preprocessing, function_input)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    if mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif integer:
+        if mode == "int8" and representative is None:
+            raise ValueError("int8 conversion needs a representative dataset")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative is not None:
+            converter.representative_dataset = representative
+        # Float kernels stay allowed so that an op without an int8 kernel converts, and
+        # `inspect` can name it, instead of failing the conversion with no list.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        converter.inference_input_type = tf.uint8 if image_input else IO_TYPES[io_type]
+        converter.inference_output_type = IO_TYPES[io_type]
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
+        raise UserError(
+            f"TFLite conversion ({mode}) failed: {str(e).strip().splitlines()[-1][:300]}"
+        ) from e
+
+
+def compensate_input_offset(model: tf_keras.Model, offset: float) -> tf_keras.Model | None:
+    """A copy of `model` that gives on input `x + offset` what `model` gives on `x`.
+
+    The first convolution sees every input value shifted by `offset`, so its outputs move by
+    `offset * sum(kernel)` per channel; the batch norm after it (moving mean) or its bias
+    takes that back. Exact wherever the kernel does not overlap the zero padding (at the
+    border the padded taps were never shifted). Returns None when the model does not start
+    with a convolution followed by batch norm or with a bias.
+    """
+    first = next(
+        (layer for layer in model.layers if isinstance(layer, tf_keras.layers.Conv2D)), None
+    )
+    if first is None or isinstance(first, tf_keras.layers.DepthwiseConv2D):
+        return None
+    clone = tf_keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    conv = clone.get_layer(first.name)
+    shift = offset * conv.kernel.numpy().sum(axis=(0, 1, 2))
+    following = [node.outbound_layer for node in conv._outbound_nodes]
+    norm = next((f for f in following if isinstance(f, tf_keras.layers.BatchNormalization)), None)
+    if norm is not None:
+        norm.moving_mean.assign(norm.moving_mean.numpy() + shift)
+    elif conv.use_bias:
+        conv.bias.assign(conv.bias.numpy() - shift)
+    else:
+        return None
+    return clone
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str
+    shape: list[int]
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What a `.tflite` file holds, as LiteRT sees it."""
+
+    size_bytes: int
+    ops: dict[str, int]  # op type -> count
+    float_ops: list[str]  # compute ops with a float input or output ("NAME#index")
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+
+def _tensor_info(detail: dict) -> TensorInfo:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorInfo(
+        name=detail["name"],
+        shape=[int(d) for d in detail["shape"]],
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+def inspect(content: bytes) -> ModelInfo:
+    """Op histogram, float compute ops and I/O of a flatbuffer."""
+    interpreter = load_interpreter(content)
+    ops = interpreter._get_ops_details()  # LiteRT has no public op list
+    histogram = collections.Counter(op["op_name"] for op in ops)
+    float_ops = []
+    for op in ops:
+        if op["op_name"] in IO_CONVERSION_OPS:
+            continue
+        tensors = [t for t in (*op["inputs"], *op["outputs"]) if t >= 0]
+        dtypes = [interpreter._get_tensor_details(t, 0)["dtype"] for t in tensors]
+        if any(np.dtype(d).type in FLOAT_DTYPES for d in dtypes):
+            float_ops.append(f"{op['op_name']}#{op['index']}")
+    return ModelInfo(
+        size_bytes=len(content),
+        ops=dict(sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0]))),
+        float_ops=float_ops,
+        inputs=[_tensor_info(d) for d in interpreter.get_input_details()],
+        outputs=[_tensor_info(d) for d in interpreter.get_output_details()],
+    )
+
+
+def load_interpreter(content: bytes, num_threads: int | None = None) -> litert.Interpreter:
+    """A LiteRT interpreter over a flatbuffer, with a one-line error if it is not one."""
+    try:
+        return litert.Interpreter(model_content=content, num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"not a valid TFLite model ({str(e).strip().splitlines()[0][:200]})") from e

@@ -1,0 +1,259 @@
+"""Export: every mode converts, runs in LiteRT and agrees with Keras; QAT wraps our models;
+integer models hold no float op; the raw-pixel input; the self-check; bad input."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from mnv2_tf import models
+from mnv2_tf.errors import UserError
+from mnv2_tf.export import convert, evaluate, exporter, qat
+from mnv2_tf.export import run as run_lib
+from mnv2_tf.models.common import DEFAULT_PREPROCESSING
+from mnv2_tf.train import trainer
+from tests.test_train import needs_fmnist, tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny Fashion-MNIST run, trained far enough that its predictions are not a coin toss."""
+    path = tmp_path_factory.mktemp("run")
+    config = tiny_config(
+        **{
+            "data.max_train_examples": 4096,
+            "data.max_eval_examples": 200,
+            "train.steps_per_epoch": 40,
+            "train.epochs": 3,
+            "train.learning_rate": 0.05,
+            "train.warmup_epochs": 0.5,
+            "train.ema_decay": 0.9,
+            "model.bn_momentum": 0.9,
+        }
+    )
+    trainer.train(config, str(path))
+    return path
+
+
+def export_cli(*args):
+    return subprocess.run(
+        [sys.executable, "export_tflite.py", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+@needs_fmnist
+def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
+    options = exporter.Options(
+        modes=convert.MODES, output_dir=str(tmp_path), calibration_steps=4, qat_epochs=0.25,
+        debug_quantization=True,
+    )  # fmt: skip
+    report = exporter.export(str(workdir), options, log=lambda *_: None)
+    files = sorted(p.name for p in tmp_path.glob("*.tflite"))
+    assert files == sorted(convert.file_name(m) for m in convert.MODES)
+    assert (tmp_path / "labels.txt").read_text().splitlines()[0] == "T-shirt/top"
+    saved = json.loads((tmp_path / "export_report.json").read_text())
+    assert saved["models"].keys() == report["models"].keys() == set(convert.MODES)
+    markdown = (tmp_path / "export_report.md").read_text()
+    for mode, entry in report["models"].items():
+        assert entry["check"] == "passed", (mode, entry)
+        assert entry["eval_examples"] == 200
+        assert entry["file"] in markdown
+        assert entry["size_bytes"] == (tmp_path / entry["file"]).stat().st_size
+        assert entry["keras_top1"] == report["models"]["float32"]["keras_top1"]
+    assert report["models"]["float32"]["keras_top1"] > 0.4  # the fixture learned something
+    assert report["models"]["qat"]["own_keras_agreement"] >= exporter.MIN_AGREEMENT["qat"]
+    float32 = report["models"]["float32"]
+    assert float32["max_abs_error"] <= exporter.MAX_FLOAT32_ERROR and float32["agreement"] == 1.0
+    for mode in ("int8", "qat"):
+        entry = report["models"][mode]
+        assert entry["float_ops"] == []
+        assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
+        assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"} <= set(entry["ops"])
+        assert entry["size_vs_float32"] < 0.45
+    assert report["models"]["float16"]["size_vs_float32"] < 0.6
+    assert report["models"]["qat"]["qat"]["steps"] == 32  # 0.25 x 4096 images / batch 32
+    # The quantization debugger's table, worst layer first.
+    rows = (tmp_path / "quantization_debug.csv").read_text().splitlines()
+    assert len(rows) > 30 and "rmse_per_scale" in rows[0]
+    errors = [r["rmse_per_scale"] for r in report["quantization_debug"]]
+    assert errors == sorted(errors, reverse=True)
+
+
+@needs_fmnist
+def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
+    options = exporter.Options(
+        modes=("float32", "int8"), output_dir=str(tmp_path), calibration_steps=4,
+        image_input="uint8", io_type="uint8",
+    )  # fmt: skip
+    report = exporter.export(str(workdir), options, log=lambda *_: None)
+    for mode in ("float32", "int8"):
+        io = report["models"][mode]["inputs"][0]
+        assert io["dtype"] == "uint8"
+    # The input's quantization is the normalization: pixel p means (p - zp) * 2/255.
+    int8 = report["models"]["int8"]
+    assert int8["inputs"][0]["scale"] == pytest.approx(2 / 255)
+    assert int8["inputs"][0]["zero_point"] in (127, 128)
+    assert abs(int8["input_offset_compensated"]) == pytest.approx(1 / 255)
+    assert int8["ops"].get("MUL") is None  # no normalization op in the integer graph
+    assert report["models"]["int8"]["outputs"][0]["dtype"] == "uint8"
+    assert report["models"]["float32"]["agreement"] == 1.0
+    assert report["models"]["int8"]["agreement"] >= 0.95
+    # Fed by hand: raw pixels in, the float model's classes out.
+    run = run_lib.load(str(workdir))
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    expected = run.model(pixels.astype(np.float32) / 127.5 - 1.0).numpy()
+    interpreter = convert.load_interpreter((tmp_path / "model_float32.tflite").read_bytes())
+    interpreter.resize_tensor_input(0, [4, 32, 32, 3])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,alpha", [("mobilenet_v2", 0.35), ("mobilenet_v2", 1.0), ("mobilenet_v1", 0.25)]
+)
+def test_qat_wraps_our_models_and_converts_to_int8(name, alpha):
+    model = models.build(
+        name, alpha=alpha, input_shape=(32, 32, 3), num_classes=10, dropout=0.1,
+        **({"remove_early_strides": 1} if name == "mobilenet_v2" else {}),
+    )  # fmt: skip
+    q = qat.quantize(model)
+    layer_types = {type(layer).__name__ for layer in q.layers}
+    assert "QuantizeWrapperV2" in layer_types
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    q.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    q.fit(x, np.arange(8) % 10, epochs=1, verbose=0)  # fake-quant ranges from data
+    content = convert.convert(q, "qat", DEFAULT_PREPROCESSING, representative=lambda: iter([[x]]))
+    info = convert.inspect(content)
+    assert info.float_ops == [] and info.inputs[0].dtype == "int8"
+    assert "DEPTHWISE_CONV_2D" in info.ops
+
+
+def test_input_offset_compensation_is_exact_away_from_the_border():
+    inputs = tf_keras.Input((12, 12, 3))
+    x = tf_keras.layers.Conv2D(6, 3, use_bias=False)(inputs)  # valid: no padding
+    x = tf_keras.layers.BatchNormalization()(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.ReLU(6.0)(x))
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        w.assign(rng.uniform(0.5, 1.5, w.shape).astype(np.float32))
+    x = rng.uniform(-1, 1, (2, 12, 12, 3)).astype(np.float32)
+    offset = 0.5 / 127.5
+    compensated = convert.compensate_input_offset(model, offset)
+    np.testing.assert_allclose(compensated(x + offset), model(x), atol=1e-5)
+    assert not np.allclose(model(x + offset), model(x), atol=1e-3)
+
+
+def test_float_ops_are_found_and_refused():
+    inputs = tf_keras.Input((8, 8, 3))
+    x = tf_keras.layers.Conv2D(4, 3)(inputs)
+    x = tf_keras.layers.Lambda(tf.math.sin)(x)  # no int8 kernel
+    model = tf_keras.Model(inputs, tf_keras.layers.GlobalAveragePooling2D()(x))
+    data = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+    content = convert.convert(
+        model, "int8", DEFAULT_PREPROCESSING, representative=lambda: iter([[data]])
+    )
+    info = convert.inspect(content)
+    assert any(op.startswith("SIN#") for op in info.float_ops)
+    with pytest.raises(UserError, match=r"float ops .*SIN.*--allow_float_ops"):
+        exporter.check_integer("int8", info, exporter.Options())
+    exporter.check_integer("int8", info, exporter.Options(allow_float_ops=True))
+    exporter.check_integer("dynamic", info, exporter.Options())  # float by design
+
+
+def test_runner_quantizes_inputs_with_the_model_parameters():
+    inputs = tf_keras.Input((4, 4, 1))
+    model = tf_keras.Model(inputs, tf_keras.layers.Flatten()(inputs * 1.0))
+    data = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 4, 4, 1)
+    content = convert.convert(
+        model, "int8", DEFAULT_PREPROCESSING, representative=lambda: iter([[data]])
+    )
+    runner = evaluate.Runner(content, DEFAULT_PREPROCESSING)
+    np.testing.assert_allclose(runner(data), data.reshape(1, 16), atol=2 / 255 + 1e-6)
+    batch = np.repeat(data, 3, axis=0)
+    assert runner(batch).shape == (3, 16)
+
+
+@needs_fmnist
+def test_self_check_rejects_a_model_that_disagrees(workdir, tmp_path, monkeypatch):
+    original = convert.convert
+
+    def broken(model, mode, *args, **kwargs):
+        scrambled = tf_keras.models.clone_model(model)  # fresh random weights
+        return original(scrambled, mode, *args, **kwargs)
+
+    monkeypatch.setattr(convert, "convert", broken)
+    options = exporter.Options(modes=("float32",), output_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"self-check failed .*float32: failed: max output error"):
+        exporter.export(str(workdir), options, log=lambda *_: None)
+    assert not (tmp_path / "model_float32.tflite").exists()
+    assert (tmp_path / "model_float32.rejected.tflite").exists()
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["models"]["float32"]["check"].startswith("failed")
+
+
+@needs_fmnist
+def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
+    partial = tmp_path / "run"
+    shutil.copytree(workdir, partial)
+    shutil.rmtree(partial / "final")
+    shutil.rmtree(partial / "best")
+    from_checkpoint = run_lib.load(str(partial))
+    assert "checkpoints/ckpt-" in from_checkpoint.weights_from
+    final = run_lib.load(str(workdir))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    # The checkpoint's EMA weights are the ones final/model.h5 holds.
+    np.testing.assert_allclose(from_checkpoint.model(x), final.model(x), atol=1e-5)
+
+
+@needs_fmnist
+def test_bad_input_gives_one_line_errors(workdir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(workdir / "config.json", empty / "config.json")
+    result = export_cli(f"--workdir={empty}")
+    assert result.returncode == 2 and "holds no checkpoint" in last_line(result.stderr)
+
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["alpha"] = 0.5
+    (other / "config.json").write_text(json.dumps(config))
+    for weights in ("final", "checkpoint"):
+        result = export_cli(f"--workdir={other}", f"--weights={weights}")
+        assert result.returncode == 2, result.stderr
+        assert "does not fit the mobilenet_v2 that config.json describes" in last_line(
+            result.stderr
+        )
+
+    nodata = tmp_path / "nodata"
+    shutil.copytree(workdir, nodata)
+    config = json.loads((nodata / "config.json").read_text())
+    config["data"]["data_dir"] = str(tmp_path / "gone")
+    (nodata / "config.json").write_text(json.dumps(config))
+    result = export_cli(f"--workdir={nodata}", "--quantize=int8")
+    assert result.returncode == 2 and last_line(result.stderr).startswith(
+        "error: calibration data missing"
+    )
+
+    result = export_cli(f"--workdir={workdir}", "--quantize=int4")
+    assert result.returncode == 2
+    assert "unknown quantization mode int4; choose from float32" in last_line(result.stderr)
+
+    result = export_cli(f"--workdir={tmp_path / 'nowhere'}")
+    assert result.returncode == 2 and "does not exist" in last_line(result.stderr)
