@@ -1,0 +1,1 @@
+"""Latency benchmarks: the desktop LiteRT interpreter and Android phones over adb."""
