@@ -1,0 +1,1 @@
+"""The main job in one call: train -> export -> evaluate -> benchmark -> report."""
