@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,24 +25,21 @@ import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 
 # isort: split
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
+from benchmarks import common
 from mnv2_tf import models
 from mnv2_tf.bench import desktop
 from mnv2_tf.export import convert
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ALPHA = flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
 _SIZE = flags.DEFINE_integer("size", 224, "Input size.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per tool.")
 _RUNS = flags.DEFINE_integer("num_runs", 50, "Timed runs per round.")
 _WARMUP = flags.DEFINE_integer("warmup_runs", 10, "Warm-up runs per round.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
-_OUT = flags.DEFINE_string(
-    "out", os.path.join(ROOT, "benchmarks", "results", "desktop_vs_litert.json"), "JSON output."
-)
+_OUT = flags.DEFINE_string("out", common.results_path("desktop_vs_litert"), "JSON output.")
 
 
 def litert_benchmark(path: str, threads: int, warmup: int, runs: int) -> float:
@@ -88,12 +84,7 @@ def main(argv):
             f.write(content)
 
     results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-        },
+        "machine": common.machine(),
         "alpha": _ALPHA.value,
         "input_size": size,
         "rounds": _ROUNDS.value,
@@ -122,10 +113,7 @@ def main(argv):
                 f"{theirs_median:.0f} us (ratio {ratio:.3f})",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    with open(_OUT.value, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {_OUT.value}")
+    common.write_results(_OUT.value, results)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,16 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
-import tensorflow as tf
 from absl import app, flags
 
+from benchmarks import common
 from mnv2_tf.export import exporter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKDIR = flags.DEFINE_string("workdir", None, "A full fashion_mnist run.", required=True)
-_OUT = flags.DEFINE_string(
-    "out", os.path.join(ROOT, "benchmarks", "results", "export_fashion_mnist.json"), "JSON output."
-)
+_OUT = flags.DEFINE_string("out", common.results_path("export_fashion_mnist"), "JSON output.")
 _QAT_EPOCHS = flags.DEFINE_float("qat_epochs", 1.0, "QAT fine-tuning epochs.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the models go (default: temp).")
 
@@ -91,22 +87,14 @@ def main(argv):
         "image_input_export_seconds": raw_seconds,
     }
     results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-        },
+        "machine": common.machine(),
         "workdir": _WORKDIR.value,
         "summary": summary,
         "report": report,
         "image_input_report": raw,
     }
     print(json.dumps(summary, indent=2))
-    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    with open(_OUT.value, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {_OUT.value}")
+    common.write_results(_OUT.value, results)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ all timed runs of all rounds.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 import tempfile
 
@@ -32,22 +30,20 @@ import tensorflow as tf
 import tf_keras
 from absl import app, flags
 
+from benchmarks import common
 from mnv2_tf import models
 from mnv2_tf.bench import desktop
 from mnv2_tf.data import sources
 from mnv2_tf.export import convert
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ALPHA = flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
 _SIZE = flags.DEFINE_integer("size", 224, "Input size.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per (model, threads).")
 _RUNS = flags.DEFINE_integer("num_runs", 30, "Timed runs per round.")
 _WARMUP = flags.DEFINE_integer("warmup_runs", 5, "Warm-up runs per round.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
-_OUT = flags.DEFINE_string(
-    "out", os.path.join(ROOT, "benchmarks", "results", "export_latency.json"), "JSON output."
-)
+_OUT = flags.DEFINE_string("out", common.results_path("export_latency"), "JSON output.")
 
 
 def calibration_images(size: int, count: int = 64) -> np.ndarray:
@@ -108,12 +104,7 @@ def main(argv):
             files[(name, mode)] = path
 
     results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-        },
+        "machine": common.machine(),
         "alpha": alpha,
         "input_size": size,
         "rounds": _ROUNDS.value,
@@ -154,10 +145,7 @@ def main(argv):
                 f"({ours_median / keras_median:.3f}x)",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    with open(_OUT.value, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {_OUT.value}")
+    common.write_results(_OUT.value, results)
 
 
 if __name__ == "__main__":

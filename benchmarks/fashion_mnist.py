@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,18 +27,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
-import tensorflow as tf
 import tf_keras
 from absl import app, flags
 
+from benchmarks import common
 from mnv2_tf.data import make_dataset
 from mnv2_tf.train import config as config_lib
 from mnv2_tf.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OUT = flags.DEFINE_string(
-    "out", os.path.join(ROOT, "benchmarks", "results", "fashion_mnist.json"), "JSON output."
-)
+_OUT = flags.DEFINE_string("out", common.results_path("fashion_mnist"), "JSON output.")
 _SKIP_QUALITY = flags.DEFINE_bool("skip_quality", False, "Only the speed comparison.")
 _SKIP_SPEED = flags.DEFINE_bool("skip_speed", False, "Only the full training run.")
 _SPEED_STEPS = flags.DEFINE_integer("speed_steps", 60, "Steps per timed epoch.")
@@ -116,12 +113,7 @@ def trainer_speed(config, steps: int, keras_architecture: bool) -> float:
 def main(argv):
     del argv
     results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-        },
+        "machine": common.machine(),
         "config": load_config().to_dict(),
     }
     if not _SKIP_SPEED.value:
@@ -170,10 +162,7 @@ def main(argv):
             ],
         }
         print(json.dumps(results["quality"], indent=2), flush=True)
-    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    with open(_OUT.value, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {_OUT.value}")
+    common.write_results(_OUT.value, results)
 
 
 if __name__ == "__main__":
