@@ -55,6 +55,27 @@ def last_line(stderr: str) -> str:
 
 
 @needs_fmnist
+def test_float32_int8_qat_export_with_the_debugger(workdir, tmp_path):
+    """The default suite's export: the modes the main job uses (every mode: slow test)."""
+    options = exporter.Options(
+        modes=("float32", "int8", "qat"), output_dir=str(tmp_path), calibration_steps=2,
+        qat_epochs=0.125, debug_quantization=True,
+    )  # fmt: skip
+    report = exporter.export(str(workdir), options, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.glob("*.tflite")) == [
+        "model_float32.tflite", "model_int8.tflite", "model_qat_int8.tflite",
+    ]  # fmt: skip
+    for mode, entry in report["models"].items():
+        assert entry["check"] == "passed", (mode, entry)
+    assert report["models"]["float32"]["max_abs_error"] <= exporter.MAX_FLOAT32_ERROR
+    assert report["models"]["int8"]["float_ops"] == report["models"]["qat"]["float_ops"] == []
+    assert report["models"]["qat"]["qat"]["steps"] == 16  # 0.125 x 4096 images / batch 32
+    errors = [r["rmse_per_scale"] for r in report["quantization_debug"]]
+    assert errors == sorted(errors, reverse=True) and (tmp_path / "quantization_debug.md").exists()
+
+
+@pytest.mark.slow
+@needs_fmnist
 def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
     options = exporter.Options(
         modes=convert.MODES, output_dir=str(tmp_path), calibration_steps=4, qat_epochs=0.25,
@@ -124,8 +145,28 @@ def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("alpha", [0.35, 1.0])
+def test_qat_wraps_mobilenet_v2_as_built(alpha):
+    """ReLU6, depthwise, residual Add, dropout: annotated and trained with no error."""
+    model = models.build(
+        "mobilenet_v2", alpha=alpha, input_shape=(32, 32, 3), num_classes=10,
+        remove_early_strides=1,
+    )  # fmt: skip
+    q = qat.quantize(model)
+    wrapped = {layer.layer.__class__.__name__ for layer in q.layers if hasattr(layer, "layer")}
+    assert {"Conv2D", "DepthwiseConv2D", "Add", "ReLU", "Dense"} <= wrapped
+    q.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    q.fit(x, np.arange(4), epochs=1, verbose=0)
+
+
 @pytest.mark.parametrize(
-    "name,alpha", [("mobilenet_v2", 0.35), ("mobilenet_v2", 1.0), ("mobilenet_v1", 0.25)]
+    "name,alpha",
+    [
+        ("mobilenet_v2", 0.35),
+        pytest.param("mobilenet_v2", 1.0, marks=pytest.mark.slow),
+        ("mobilenet_v1", 0.25),
+    ],
 )
 def test_qat_wraps_our_models_and_converts_to_int8(name, alpha):
     model = models.build(

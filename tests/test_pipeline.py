@@ -130,6 +130,7 @@ def test_pipeline_runs_every_stage_and_skips_them_when_run_again(tmp_path):
     assert len(json.loads((workdir / "metrics.json").read_text())) == LEARNS["train.epochs"]
 
 
+@pytest.mark.slow  # the trainer's own SIGKILL test runs in the default suite
 @needs_fmnist
 def test_killed_pipeline_resumes_with_one_runs_worth_of_epochs(tmp_path):
     workdir = tmp_path / "run"
