@@ -278,7 +278,7 @@ class Session:
         if result.returncode != 0:
             raise UserError(
                 f"benchmark_model failed on {os.path.basename(path)} "
-                f"(exit status {result.returncode}){parse._tail(output)}"
+                f"(exit status {result.returncode}){parse.tail_of(output)}"
             )
         figures = parse.parse(output)
         mean = figures["mean_us"]

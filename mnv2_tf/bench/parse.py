@@ -89,10 +89,10 @@ def parse(output: str) -> dict:
     if peak := _PEAK_MONITORED.search(output):
         result["peak_memory_mb"] = float(peak["peak"])
     if "mean_us" not in result:
-        raise UserError("benchmark_model printed no timings" + _tail(output))
+        raise UserError("benchmark_model printed no timings" + tail_of(output))
     return result
 
 
-def _tail(output: str, lines: int = 3) -> str:
+def tail_of(output: str, lines: int = 3) -> str:
     last = [ln.strip() for ln in output.strip().splitlines() if ln.strip()][-lines:]
     return f"; its last output: {' | '.join(last)}" if last else "; it printed nothing"

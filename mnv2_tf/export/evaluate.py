@@ -17,9 +17,14 @@ from mnv2_tf.export.convert import load_interpreter
 from mnv2_tf.models.common import Preprocessing
 
 
+def to_pixels(images: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """Normalized images -> the whole pixel values 0-255 they came from (float)."""
+    return np.clip(np.round(images * preprocessing.std + preprocessing.mean), 0, 255)
+
+
 def on_pixel_grid(images: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """Normalized images rounded to what whole uint8 pixels normalize to."""
-    pixels = np.clip(np.round(images * preprocessing.std + preprocessing.mean), 0, 255)
+    pixels = to_pixels(images, preprocessing)
     return ((pixels - preprocessing.mean) / preprocessing.std).astype(np.float32)
 
 
@@ -55,8 +60,7 @@ class Runner:
         values = images
         dtype = np.dtype(self.input["dtype"])
         if self.raw_pixels:  # camera pixels, as an app feeds them
-            pixels = images * self.preprocessing.std + self.preprocessing.mean
-            return np.clip(np.round(pixels), 0, 255).astype(dtype)
+            return to_pixels(images, self.preprocessing).astype(dtype)
         if dtype.kind == "f":
             return values.astype(dtype)
         scale, zero_point = self.input["quantization"]

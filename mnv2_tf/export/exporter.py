@@ -79,11 +79,6 @@ def calibration_images(run: run_lib.Run, steps: int) -> np.ndarray:
     return np.concatenate(images)
 
 
-def to_pixels(images: np.ndarray, run: run_lib.Run) -> np.ndarray:
-    p = run.preprocessing
-    return np.clip(np.round(images * p.std + p.mean), 0, 255).astype(np.float32)
-
-
 def _representative(images: np.ndarray):
     def generate():
         for i in range(0, len(images), CALIBRATION_BATCH):
