@@ -82,6 +82,12 @@ class Runner:
         return self.decode(self.interpreter.get_tensor(self.output["index"]))
 
 
+# An image is "decided" when the reference model's top-1 probability leads the runner-up by
+# this much: there, a correct conversion keeps the argmax, while on near-ties an honest
+# rounding may flip it (a barely trained model is near-ties everywhere).
+DECIDED_MARGIN = 0.1
+
+
 @dataclasses.dataclass
 class Comparison:
     """One model against the float Keras model, on the same images."""
@@ -90,6 +96,8 @@ class Comparison:
     correct: int = 0
     reference_correct: int = 0
     agree: int = 0
+    decided: int = 0  # examples where the reference's top-1 leads by >= DECIDED_MARGIN
+    decided_agree: int = 0
     max_abs_error: float = 0.0
     sum_abs_error: float = 0.0
 
@@ -98,7 +106,12 @@ class Comparison:
         self.examples += len(labels)
         self.correct += int((predicted == labels).sum())
         self.reference_correct += int((expected == labels).sum())
-        self.agree += int((predicted == expected).sum())
+        same = predicted == expected
+        self.agree += int(same.sum())
+        top2 = np.sort(reference, axis=-1)[:, -2:]
+        decided = top2[:, 1] - top2[:, 0] >= DECIDED_MARGIN
+        self.decided += int(decided.sum())
+        self.decided_agree += int((same & decided).sum())
         error = np.abs(probs - reference)
         self.max_abs_error = max(self.max_abs_error, float(error.max()))
         self.sum_abs_error += float(error.mean(-1).sum())
@@ -110,6 +123,8 @@ class Comparison:
             "top1": self.correct / n,
             "keras_top1": self.reference_correct / n,
             "agreement": self.agree / n,
+            "decided_examples": self.decided,
+            "decided_agreement": self.decided_agree / self.decided if self.decided else None,
             "max_abs_error": self.max_abs_error,
             "mean_abs_error": self.sum_abs_error / n,
         }
@@ -155,6 +170,9 @@ def compare(
     for name, comparison in own.items():
         summary = comparison.summary()
         summaries[name].update(
-            own_keras_top1=summary["keras_top1"], own_keras_agreement=summary["agreement"]
+            own_keras_top1=summary["keras_top1"],
+            own_keras_agreement=summary["agreement"],
+            own_keras_decided_examples=summary["decided_examples"],
+            own_keras_decided_agreement=summary["decided_agreement"],
         )
     return summaries

@@ -100,7 +100,9 @@ def stage_export(workdir: str, options: Options, log=print) -> dict:
     if (
         done
         and set(options.modes) <= set(done.get("models", {}))
-        and all(m.get("check") == "passed" for m in done["models"].values())
+        and not any(
+            exporter.check_failed(m.get("check", "failed")) for m in done["models"].values()
+        )
         and os.path.getmtime(path) >= os.path.getmtime(weights)  # not older than the model
     ):
         log(f"[export] {workdir}: done, skipped")
