@@ -1,0 +1,106 @@
+"""The README's main job, timed end to end, with its report kept as the documented example.
+
+    python benchmarks/main_job.py [--config=configs/fashion_mnist.py] [--limit_min=45]
+        [--workdir=/tmp/mnv2_main_job] [--docs=docs/main_job]
+        [--out=benchmarks/results/main_job.json]
+
+Runs `python pipeline.py --config=CONFIG --workdir=WORKDIR` (the README's command) in a
+fresh workdir as a child process, timestamps every line it prints to time each stage (train,
+export, benchmark, report), then copies report.md, report.json and the PNGs into --docs and
+writes the wall times, the limit and the report's rows to --out. Exit status 1 if the job
+failed or took longer than --limit_min.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags
+
+from benchmarks import common
+
+_CONFIG = flags.DEFINE_string("config", "configs/fashion_mnist.py", "The pipeline's --config.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mnv2_main_job", "A fresh workdir (emptied).")
+_DOCS = flags.DEFINE_string("docs", os.path.join(common.ROOT, "docs", "main_job"), "Report copy.")
+_OUT = flags.DEFINE_string("out", common.results_path("main_job"), "JSON output.")
+_LIMIT = flags.DEFINE_float("limit_min", 45.0, "The target wall time, minutes.")
+
+STAGES = ("[train]", "[export]", "[benchmark]")
+
+
+def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
+    """Seconds from each stage's first log line to the next stage's (the last: to `end`)."""
+    starts = {}
+    for t, line in lines:
+        for stage in STAGES:
+            if line.startswith(stage) and stage not in starts:
+                starts[stage] = t
+    ordered = sorted(starts.items(), key=lambda kv: kv[1])
+    times = {}
+    for i, (stage, start) in enumerate(ordered):
+        stop = ordered[i + 1][1] if i + 1 < len(ordered) else end
+        times[stage.strip("[]")] = round(stop - start, 1)
+    return times
+
+
+def main(argv):
+    del argv
+    workdir = _WORKDIR.value
+    if os.path.exists(workdir):
+        shutil.rmtree(workdir)
+    command = [sys.executable, "pipeline.py", f"--config={_CONFIG.value}", f"--workdir={workdir}"]
+    print("$", " ".join(command), flush=True)
+    start = time.time()
+    lines: list[tuple[float, str]] = []
+    with subprocess.Popen(
+        command, cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            lines.append((time.time() - start, line.rstrip("\n")))
+            print(f"{lines[-1][0]:8.1f}s  {line}", end="", flush=True)
+    wall = time.time() - start
+    with open(os.path.join(workdir, "pipeline.log"), "w") as f:
+        f.writelines(f"{t:8.1f}s  {line}\n" for t, line in lines)
+    if process.returncode != 0:
+        print(f"the pipeline failed (exit {process.returncode}); see {workdir}/pipeline.log")
+        sys.exit(1)
+
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    os.makedirs(_DOCS.value, exist_ok=True)
+    for name in sorted(os.listdir(workdir)):
+        if name.startswith("report.") or name.endswith(".png"):
+            shutil.copy(os.path.join(workdir, name), os.path.join(_DOCS.value, name))
+    metrics = report["runs"][0]["metrics"]
+    results = {
+        "command": f"python pipeline.py --config={_CONFIG.value} --workdir=WORKDIR",
+        "machine": common.machine(),
+        "wall_time_s": round(wall, 1),
+        "wall_time_min": round(wall / 60, 2),
+        "limit_min": _LIMIT.value,
+        "within_limit": wall <= 60 * _LIMIT.value,
+        "stage_seconds": stage_times(lines, wall),
+        "epochs": len(metrics),
+        "final_eval_top1": metrics[-1]["eval_top1"],
+        "rows": report["rows"],
+        "docs": os.path.relpath(_DOCS.value, common.ROOT),
+    }
+    common.write_results(_OUT.value, results)
+    print(
+        f"main job: {wall / 60:.1f} min (limit {_LIMIT.value:.0f}), stages "
+        f"{results['stage_seconds']}, final top-1 {results['final_eval_top1']:.2%}; "
+        f"report copied to {_DOCS.value}"
+    )
+    if not results["within_limit"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
