@@ -29,15 +29,24 @@ class Budget:
     """How much each run trains. The default is the full experiment's (docs/experiments)."""
 
     seeds: int = 3
-    epochs: int = 4
-    train_examples: int | None = 10_000  # None: all 60,000
+    epochs: int = 5  # evaluations on the test split: the points of the curves
+    steps_per_epoch: int | None = 80  # of 128 images; 5 x 80 steps: 51,200 images, 0.85 epochs
+    train_examples: int | None = None  # None: all 60,000 (shuffled, so no image repeats)
     eval_examples: int | None = None  # None: the whole 10,000-image test split
     data_dir: str | None = None  # None: the config's (Debian's Fashion-MNIST)
 
     @classmethod
     def quick(cls, data_dir: str | None = None) -> Budget:
         """The tests' budget: a few steps, one seed; checks the machinery, not the claim."""
-        return cls(seeds=1, epochs=2, train_examples=256, eval_examples=100, data_dir=data_dir)
+        return cls(
+            seeds=1, epochs=2, steps_per_epoch=4, train_examples=256, eval_examples=100,
+            data_dir=data_dir,
+        )  # fmt: skip
+
+    def images(self) -> str:
+        if self.steps_per_epoch:
+            return f"{self.epochs} x {self.steps_per_epoch} steps"
+        return f"{self.epochs} epochs of {self.train_examples or 'all'} images"
 
 
 def base_config(budget: Budget, quick: bool):
@@ -47,6 +56,7 @@ def base_config(budget: Budget, quick: bool):
     spec.loader.exec_module(module)
     config = module.get_config()
     config.train.epochs = budget.epochs
+    config.train.steps_per_epoch = budget.steps_per_epoch
     config.data.max_train_examples = budget.train_examples
     config.data.max_eval_examples = budget.eval_examples
     if budget.data_dir:
@@ -58,7 +68,6 @@ def base_config(budget: Budget, quick: bool):
     config.train.ema_decay = 0.99
     if quick:
         config.train.batch_size, config.train.lr_batch_size = 32, 32
-        config.train.steps_per_epoch = 4
         config.train.learning_rate = 0.05
         config.data.shuffle_buffer = 256
     return config
@@ -164,7 +173,7 @@ def plot_curves(results: dict[str, list[dict]], path: str, title: str) -> None:
     fig, (ax_top1, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, runs in results.items():
         epochs = min(len(r["metrics"]) for r in runs)
-        x = np.arange(1, epochs + 1)
+        x = np.array([m.get("step", m["epoch"]) for m in runs[0]["metrics"][:epochs]])
         for ax, key in ((ax_top1, "eval_top1"), (ax_loss, "train_loss")):
             values = np.array([[m[key] for m in r["metrics"][:epochs]] for r in runs])
             (line,) = ax.plot(x, values.mean(axis=0), marker="o", label=name)
@@ -172,8 +181,10 @@ def plot_curves(results: dict[str, list[dict]], path: str, title: str) -> None:
                 ax.fill_between(
                     x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
                 )
-    ax_top1.set(xlabel="epoch", ylabel="eval top-1", title="eval top-1 (band: min-max over seeds)")
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss")
+    ax_top1.set(
+        xlabel="training step", ylabel="eval top-1", title="eval top-1 (band: min-max over seeds)"
+    )
+    ax_loss.set(xlabel="training step", ylabel="train loss (last epoch's mean)", title="train loss")
     for ax in (ax_top1, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -214,10 +225,11 @@ def define_budget_flags() -> None:
     flags.DEFINE_string("out", None, "Output folder (runs/, tables, figures).", required=True)
     flags.DEFINE_bool("quick", False, "A few steps and one seed: checks the machinery only.")
     flags.DEFINE_integer("seeds", defaults.seeds, "Seeds per variant.")
-    flags.DEFINE_integer("epochs", defaults.epochs, "Epochs per run.")
+    flags.DEFINE_integer("epochs", defaults.epochs, "Epochs (evaluations) per run.")
     flags.DEFINE_integer(
-        "train_examples", defaults.train_examples, "Training images per epoch (0: all)."
+        "steps_per_epoch", defaults.steps_per_epoch, "Steps between evaluations (0: a pass)."
     )
+    flags.DEFINE_integer("train_examples", 0, "Use only this many training images (0: all).")
     flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: the config's).")
 
 
@@ -230,8 +242,8 @@ def budget_from_flags() -> tuple[Budget, bool]:
     if f.seeds < 1 or f.epochs < 1:
         raise UserError("--seeds and --epochs must be at least 1")
     return Budget(
-        seeds=f.seeds, epochs=f.epochs, train_examples=f.train_examples or None,
-        data_dir=f.data_dir,
+        seeds=f.seeds, epochs=f.epochs, steps_per_epoch=f.steps_per_epoch or None,
+        train_examples=f.train_examples or None, data_dir=f.data_dir,
     ), False  # fmt: skip
 
 
@@ -264,8 +276,8 @@ def ablation(name: str, title: str, variants: dict[str, dict], claim: str, log=p
             f"`{payload['command']}`",
             "",
             f"MobileNetV2 alpha {config.model.alpha}, {config.model.input_size} px, output "
-            f"stride {config.model.output_stride}, Fashion-MNIST, {budget.epochs} epochs of "
-            f"{budget.train_examples or 'all'} training images, seeds "
+            f"stride {config.model.output_stride}, Fashion-MNIST, {budget.images()} of "
+            f"batch {config.train.batch_size} (SGD, warm-up, cosine), seeds "
             f"{', '.join(str(s) for s in range(budget.seeds))}; top-1 on "
             f"{budget.eval_examples or 'all 10,000'} test images (EMA weights). Training "
             f"time {payload['wall_time_s_training'] / 60:.1f} min in total.",
