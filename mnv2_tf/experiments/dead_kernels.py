@@ -158,8 +158,7 @@ def main(argv):
             "",
             f"`{payload['command']}`",
             "",
-            f"The runs of `v1_vs_v2` ({budget.epochs} epochs of "
-            f"{budget.train_examples or 'all'} images). Near-zero: kernel L2 norm below "
+            f"The runs of `v1_vs_v2` ({budget.images()}). Near-zero: kernel L2 norm below "
             f"{f.relative_norm:.0%} of the layer's largest. Never active / constant: measured "
             f"after BN + ReLU6 on {f.images} training images.",
             "",

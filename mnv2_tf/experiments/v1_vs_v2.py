@@ -113,8 +113,8 @@ def main(argv):
             f"`{payload['command']}`",
             "",
             f"Fashion-MNIST, {config.model.input_size} px, output stride "
-            f"{config.model.output_stride}, {budget.epochs} epochs of "
-            f"{budget.train_examples or 'all'} training images, {budget.seeds} seed(s); top-1 "
+            f"{config.model.output_stride}, {budget.images()} of batch "
+            f"{config.train.batch_size}, {budget.seeds} seed(s); top-1 "
             f"on {budget.eval_examples or 'all 10,000'} test images. Latency: median of "
             "LiteRT (XNNPACK) on this machine, 1 thread.",
             "",
