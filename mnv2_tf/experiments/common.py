@@ -194,10 +194,25 @@ def plot_curves(results: dict[str, list[dict]], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write(out: str, name: str, payload: dict, markdown: str) -> None:
-    """OUT/<name>.json and OUT/<name>.md, atomically."""
-    write_json_atomic(os.path.join(out, f"{name}.json"), json.loads(json.dumps(payload)))
+def payload(name: str, budget: Budget, quick: bool, timer: Timer, **fields) -> dict:
+    """What every experiment's JSON opens with, then its own `fields`."""
+    return {
+        "experiment": name,
+        "command": command_line(),
+        "budget": dataclasses.asdict(budget),
+        "quick": quick,
+        **fields,
+        "wall_time_s_this_invocation": timer.seconds(),
+    }
+
+
+def write(out: str, name: str, data: dict, title: str, body: list[str]) -> None:
+    """OUT/<name>.json and OUT/<name>.md (title, the command, `body`), atomically; prints
+    the Markdown."""
+    markdown = "\n".join([f"# {title}", "", f"`{data['command']}`", "", *body])
+    write_json_atomic(os.path.join(out, f"{name}.json"), json.loads(json.dumps(data)))
     write_text_atomic(os.path.join(out, f"{name}.md"), markdown)
+    print(markdown)
 
 
 def command_line() -> str:
@@ -258,38 +273,25 @@ def ablation(name: str, title: str, variants: dict[str, dict], claim: str, log=p
     results = train_variants(config, variants, budget, out, log)
     summary = summarize(results)
     plot_curves(results, os.path.join(out, f"{name}.png"), title)
-    payload = {
-        "experiment": name,
-        "command": command_line(),
-        "budget": dataclasses.asdict(budget),
-        "quick": quick,
-        "variants": variants,
-        "summary": summary,
-        "runs": results,
-        "wall_time_s_this_invocation": timer.seconds(),
-        "wall_time_s_training": sum(r["wall_time_s"] or 0 for v in results.values() for r in v),
-    }
-    markdown = "\n".join(
-        [
-            f"# {title}",
-            "",
-            f"`{payload['command']}`",
-            "",
-            f"MobileNetV2 alpha {config.model.alpha}, {config.model.input_size} px, output "
-            f"stride {config.model.output_stride}, Fashion-MNIST, {budget.images()} of "
-            f"batch {config.train.batch_size} (SGD, warm-up, cosine), seeds "
-            f"{', '.join(str(s) for s in range(budget.seeds))}; top-1 on "
-            f"{budget.eval_examples or 'all 10,000'} test images (EMA weights). Training "
-            f"time {payload['wall_time_s_training'] / 60:.1f} min in total.",
-            "",
-            table(summary),
-            "",
-            f"![curves]({name}.png)",
-            "",
-            f"**The paper's claim.** {claim}",
-            "",
-        ]
-    )
-    write(out, name, payload, markdown)
-    print(markdown)
-    return payload
+    training_s = sum(r["wall_time_s"] or 0 for v in results.values() for r in v)
+    data = payload(
+        name, budget, quick, timer, variants=variants, summary=summary, runs=results,
+        wall_time_s_training=training_s,
+    )  # fmt: skip
+    body = [
+        f"MobileNetV2 alpha {config.model.alpha}, {config.model.input_size} px, output "
+        f"stride {config.model.output_stride}, Fashion-MNIST, {budget.images()} of "
+        f"batch {config.train.batch_size} (SGD, warm-up, cosine), seeds "
+        f"{', '.join(str(s) for s in range(budget.seeds))}; top-1 on "
+        f"{budget.eval_examples or 'all 10,000'} test images (EMA weights). Training "
+        f"time {training_s / 60:.1f} min in total.",
+        "",
+        table(summary),
+        "",
+        f"![curves]({name}.png)",
+        "",
+        f"**The paper's claim.** {claim}",
+        "",
+    ]
+    write(out, name, data, title, body)
+    return data

@@ -20,7 +20,6 @@ runs `v1_vs_v2` trains (the same --out; trained here if missing), per channel:
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
-import dataclasses
 import os
 
 import numpy as np
@@ -142,42 +141,28 @@ def main(argv):
                 f"| {t['never_active']} ({t['never_active_fraction']:.1%}) "
                 f"| {t['constant']} ({t['constant_fraction']:.1%}) |"
             )
-    payload = {
-        "experiment": "dead_kernels",
-        "command": common.command_line(),
-        "budget": dataclasses.asdict(budget),
-        "quick": quick,
-        "relative_norm": f.relative_norm,
-        "images": f.images,
-        "models": per_model,
-        "wall_time_s_this_invocation": timer.seconds(),
-    }
-    markdown = "\n".join(
-        [
-            "# Dead depthwise kernels: MobileNetV1 vs MobileNetV2",
-            "",
-            f"`{payload['command']}`",
-            "",
-            f"The runs of `v1_vs_v2` ({budget.images()}). Near-zero: kernel L2 norm below "
-            f"{f.relative_norm:.0%} of the layer's largest. Never active / constant: measured "
-            f"after BN + ReLU6 on {f.images} training images.",
-            "",
-            *lines,
-            "",
-            "![per layer](dead_kernels.png)",
-            "",
-        ]
-    )
-    common.write(out, "dead_kernels", payload, markdown)
-    print(markdown)
+    data = common.payload(
+        "dead_kernels", budget, quick, timer, relative_norm=f.relative_norm, images=f.images,
+        models=per_model,
+    )  # fmt: skip
+    body = [
+        f"The runs of `v1_vs_v2` ({budget.images()}). Near-zero: kernel L2 norm below "
+        f"{f.relative_norm:.0%} of the layer's largest. Never active / constant: measured "
+        f"after BN + ReLU6 on {f.images} training images.",
+        "",
+        *lines,
+        "",
+        "![per layer](dead_kernels.png)",
+        "",
+    ]
+    title = "Dead depthwise kernels: MobileNetV1 vs MobileNetV2"
+    common.write(out, "dead_kernels", data, title, body)
 
 
 if __name__ == "__main__":
     from mnv2_tf import cli
 
-    common.define_budget_flags()
-    flags.DEFINE_float("alpha_v1", 0.35, "MobileNetV1's width multiplier.")
-    flags.DEFINE_float("alpha_v2", 0.35, "MobileNetV2's width multiplier.")
+    v1_vs_v2.define_flags()
     flags.DEFINE_integer("images", 512, "Training images the activations are measured on.")
     flags.DEFINE_float("relative_norm", 0.01, "Near-zero: below this share of the layer's max.")
     cli.run(main)

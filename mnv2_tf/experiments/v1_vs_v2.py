@@ -14,7 +14,6 @@ and timed on this machine's LiteRT interpreter (XNNPACK, 1 thread).
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
-import dataclasses
 import os
 
 from absl import flags
@@ -96,44 +95,35 @@ def main(argv):
     summary = common.summarize(results)
     measured = export_and_time(out, results, quick)
     common.plot_curves(results, os.path.join(out, "v1_vs_v2.png"), "MobileNetV1 vs MobileNetV2")
-    payload = {
-        "experiment": "v1_vs_v2",
-        "command": common.command_line(),
-        "budget": dataclasses.asdict(budget),
-        "quick": quick,
-        "summary": summary,
-        "measured_seed0": measured,
-        "runs": results,
-        "wall_time_s_this_invocation": timer.seconds(),
-    }
-    markdown = "\n".join(
-        [
-            "# MobileNetV1 vs MobileNetV2 at matched compute",
-            "",
-            f"`{payload['command']}`",
-            "",
-            f"Fashion-MNIST, {config.model.input_size} px, output stride "
-            f"{config.model.output_stride}, {budget.images()} of batch "
-            f"{config.train.batch_size}, {budget.seeds} seed(s); top-1 "
-            f"on {budget.eval_examples or 'all 10,000'} test images. Latency: median of "
-            "LiteRT (XNNPACK) on this machine, 1 thread.",
-            "",
-            table(summary, measured),
-            "",
-            "![curves](v1_vs_v2.png)",
-            "",
-            f"**The paper's claim.** {CLAIM}",
-            "",
-        ]
+    data = common.payload(
+        "v1_vs_v2", budget, quick, timer, summary=summary, measured_seed0=measured, runs=results
     )
-    common.write(out, "v1_vs_v2", payload, markdown)
-    print(markdown)
+    body = [
+        f"Fashion-MNIST, {config.model.input_size} px, output stride "
+        f"{config.model.output_stride}, {budget.images()} of batch "
+        f"{config.train.batch_size}, {budget.seeds} seed(s); top-1 "
+        f"on {budget.eval_examples or 'all 10,000'} test images. Latency: median of "
+        "LiteRT (XNNPACK) on this machine, 1 thread.",
+        "",
+        table(summary, measured),
+        "",
+        "![curves](v1_vs_v2.png)",
+        "",
+        f"**The paper's claim.** {CLAIM}",
+        "",
+    ]
+    common.write(out, "v1_vs_v2", data, "MobileNetV1 vs MobileNetV2 at matched compute", body)
+
+
+def define_flags() -> None:
+    """The budget's flags and the two widths (this entry point's and dead_kernels')."""
+    common.define_budget_flags()
+    flags.DEFINE_float("alpha_v1", 0.35, "MobileNetV1's width multiplier.")
+    flags.DEFINE_float("alpha_v2", 0.35, "MobileNetV2's width multiplier.")
 
 
 if __name__ == "__main__":
     from mnv2_tf import cli
 
-    common.define_budget_flags()
-    flags.DEFINE_float("alpha_v1", 0.35, "MobileNetV1's width multiplier.")
-    flags.DEFINE_float("alpha_v2", 0.35, "MobileNetV2's width multiplier.")
+    define_flags()
     cli.run(main)

@@ -35,14 +35,12 @@ from mnv2_tf.train.trainer import write_json_atomic, write_text_atomic
 MAX_FLOAT32_ERROR = 1e-4
 MIN_AGREEMENT = {"float16": 0.98, "dynamic": 0.95, "int8": 0.9, "qat": 0.9}
 MIN_DECIDED = 20
+CALIBRATION_BATCH = 32
 
 
 def check_failed(check: str) -> bool:
     """Whether a model's `check` entry ("passed", "unchecked: ...", "failed: ...") failed."""
     return check.startswith("failed")
-
-
-CALIBRATION_BATCH = 32
 
 
 @dataclasses.dataclass
