@@ -44,6 +44,12 @@ _IMAGE_INPUT = flags.DEFINE_enum(
 _ALLOW_FLOAT_OPS = flags.DEFINE_bool(
     "allow_float_ops", False, "Keep an integer model that still has float ops."
 )
+_PER_TENSOR = flags.DEFINE_bool(
+    "per_tensor",
+    False,
+    "int8 PTQ: one weight scale per tensor instead of per output channel (a smaller file; "
+    "check the accuracy it reports, depthwise layers can lose).",
+)
 _DEBUG = flags.DEFINE_bool(
     "debug_quantization", False, "Write the per-layer int8 error table (QuantizationDebugger)."
 )
@@ -65,6 +71,7 @@ def main(argv: list[str]) -> None:
         io_type=_IO_TYPE.value,
         image_input=_IMAGE_INPUT.value,
         allow_float_ops=_ALLOW_FLOAT_OPS.value,
+        per_tensor=_PER_TENSOR.value,
         debug_quantization=_DEBUG.value,
         qat_epochs=_QAT_EPOCHS.value,
         qat_learning_rate=_QAT_LR.value,

@@ -34,6 +34,9 @@ _SWEEP = flags.DEFINE_string(
 _QUANTIZE = flags.DEFINE_list(
     "quantize", ["float32", "int8", "qat"], f"Export modes: {', '.join(convert.MODES)}."
 )
+_PER_TENSOR = flags.DEFINE_bool(
+    "per_tensor", False, "int8 PTQ weights per tensor (smaller file) instead of per channel."
+)
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Benchmark thread counts.")
 _RUNS = flags.DEFINE_integer("num_runs", 50, "Timed benchmark runs.")
 _WARMUP = flags.DEFINE_integer("warmup_runs", 10, "Benchmark warm-up runs.")
@@ -70,6 +73,7 @@ def main(argv: list[str]) -> None:
         warmup_runs=_WARMUP.value,
         num_runs=_RUNS.value,
         qat_epochs=_QAT_EPOCHS.value,
+        per_tensor=_PER_TENSOR.value,
         android=session,
     )
     runs = stages.run(config, _WORKDIR.value, _SWEEP.value, options)

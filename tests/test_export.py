@@ -157,6 +157,39 @@ def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def weight_scales_per_tensor(path: pathlib.Path) -> int:
+    """The most quantization scales any tensor of the model carries (1: all per tensor)."""
+    interpreter = convert.load_interpreter(path.read_bytes())
+    return max(
+        len(t["quantization_parameters"]["scales"]) for t in interpreter.get_tensor_details()
+    )
+
+
+@needs_fmnist
+def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_path):
+    """`--per_tensor` through the CLI against the default per-channel int8 of the same run."""
+    per_channel = exporter.export(
+        str(workdir),
+        exporter.Options(modes=("int8",), output_dir=str(tmp_path / "pc"), calibration_steps=2),
+        log=lambda *_: None,
+    )["models"]["int8"]
+    result = export_cli(
+        f"--workdir={workdir}", "--quantize=int8", "--per_tensor", "--calibration_steps=2",
+        f"--output_dir={tmp_path / 'pt'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    per_tensor = json.loads((tmp_path / "pt" / "export_report.json").read_text())
+    assert per_tensor["options"]["per_tensor"] is True
+    entry = per_tensor["models"]["int8"]
+    assert entry["weight_scales"] == "per-tensor" and per_channel["weight_scales"] == "per-channel"
+    assert entry["check"] == "passed" and entry["float_ops"] == []
+    assert entry["size_bytes"] < per_channel["size_bytes"]
+    assert weight_scales_per_tensor(tmp_path / "pt" / "model_int8.tflite") == 1
+    # per channel: a 1x1 convolution's weights carry one scale per output channel
+    assert weight_scales_per_tensor(tmp_path / "pc" / "model_int8.tflite") >= 8
+    assert "model_int8.tflite (per-tensor)" in (tmp_path / "pt" / "export_report.md").read_text()
+
+
 @pytest.mark.parametrize("alpha", [0.35, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_qat_wraps_mobilenet_v2_as_built(alpha):
     """ReLU6, depthwise, residual Add, dropout: annotated and trained with no error."""

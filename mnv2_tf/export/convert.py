@@ -78,6 +78,7 @@ def convert(
     representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
     io_type: str = "int8",
     image_input: str | None = None,
+    per_tensor: bool = False,
 ) -> bytes:
     """Converts `model` (float, or QAT-annotated for "qat") to a TFLite flatbuffer.
 
@@ -90,6 +91,11 @@ def convert(
         optional for "qat" (it refines ranges the fake-quant nodes do not cover).
       io_type: input/output type of integer models: "int8", "uint8" or "float32".
       image_input: None, or "uint8" for a raw-pixel input.
+      per_tensor: "int8" only: one scale per weight tensor instead of one per output
+        channel. The file shrinks (one scale and zero point per tensor instead of per
+        channel) and so may the accuracy: a depthwise kernel whose channels differ
+        widely in range loses the small ones. QAT models keep the per-channel ranges their
+        fake-quant nodes learned.
     """
     if mode not in MODES:
         raise UserError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
@@ -111,6 +117,9 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if representative is not None:
             converter.representative_dataset = representative
+        if per_tensor and mode == "int8":
+            # The converter's only switch for this (TF 2.21); private but long-lived.
+            converter._experimental_disable_per_channel = True
         # Float kernels stay allowed so that an op without an int8 kernel converts, and
         # `inspect` can name it, instead of failing the conversion with no list.
         converter.target_spec.supported_ops = [

@@ -52,6 +52,7 @@ class Options:
     io_type: str = "int8"
     image_input: str | None = None  # "uint8": raw RGB pixels in, normalization in the graph
     allow_float_ops: bool = False
+    per_tensor: bool = False  # int8 PTQ weights: one scale per tensor, not per channel
     debug_quantization: bool = False
     qat_epochs: float = 1.0
     qat_learning_rate: float = 1e-3
@@ -157,7 +158,12 @@ def export(workdir: str, options: Options, log=print) -> dict:
             model, mode, run.preprocessing,
             representative=representative if mode in convert.INTEGER_MODES else None,
             io_type=options.io_type, image_input=options.image_input,
+            per_tensor=options.per_tensor,
         )  # fmt: skip
+        if mode in convert.INTEGER_MODES:
+            entry["weight_scales"] = (
+                "per-tensor" if options.per_tensor and mode == "int8" else "per-channel"
+            )
         info = convert.inspect(content)
         if options.image_input and mode == "int8":
             content, info, entry["input_offset_compensated"] = _compensate(
@@ -220,6 +226,8 @@ def export(workdir: str, options: Options, log=print) -> dict:
         )
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
+        if options.per_tensor:
+            converter._experimental_disable_per_channel = True
         rows = debug.layer_errors(converter, representative)
         debug.write(
             rows,
@@ -258,6 +266,7 @@ def _compensate(run, content, info, representative, options):
     content = convert.convert(
         model, "int8", run.preprocessing, representative=representative,
         io_type=options.io_type, image_input=options.image_input,
+        per_tensor=options.per_tensor,
     )  # fmt: skip
     return content, convert.inspect(content), offset
 
@@ -343,7 +352,8 @@ def markdown(report: dict) -> str:
     for m in report["models"].values():
         io = m["inputs"][0]
         lines.append(
-            f"| {m['file']} | {m['size_bytes'] / 1024:.1f} | {_ratio(m)} | "
+            f"| {m['file']}{' (per-tensor)' if m.get('weight_scales') == 'per-tensor' else ''} | "
+            f"{m['size_bytes'] / 1024:.1f} | {_ratio(m)} | "
             f"{sum(m['ops'].values())} | {io['dtype']} {'x'.join(map(str, io['shape']))} | "
             f"{m.get('top1', float('nan')):.4f} | {m.get('keras_top1', float('nan')):.4f} | "
             f"{m.get('agreement', float('nan')):.4f} | {_decided(m)} | "

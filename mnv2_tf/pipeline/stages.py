@@ -34,6 +34,7 @@ class Options:
     num_runs: int = 50
     qat_epochs: float = 1.0
     calibration_steps: int = 16
+    per_tensor: bool = False
     android: object | None = None  # an android.Session, to add the phone's latency
 
 
@@ -100,6 +101,7 @@ def stage_export(workdir: str, options: Options, log=print) -> dict:
     if (
         done
         and set(options.modes) <= set(done.get("models", {}))
+        and done.get("options", {}).get("per_tensor", False) == options.per_tensor
         and not any(
             exporter.check_failed(m.get("check", "failed")) for m in done["models"].values()
         )
@@ -114,6 +116,7 @@ def stage_export(workdir: str, options: Options, log=print) -> dict:
             modes=options.modes,
             qat_epochs=options.qat_epochs,
             calibration_steps=options.calibration_steps,
+            per_tensor=options.per_tensor,
         ),
         log=log,
     )
