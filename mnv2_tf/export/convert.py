@@ -117,9 +117,7 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if representative is not None:
             converter.representative_dataset = representative
-        if per_tensor and mode == "int8":
-            # The converter's only switch for this (TF 2.21); private but long-lived.
-            converter._experimental_disable_per_channel = True
+        set_weight_scales(converter, weight_scales(mode, per_tensor))
         # Float kernels stay allowed so that an op without an int8 kernel converts, and
         # `inspect` can name it, instead of failing the conversion with no list.
         converter.target_spec.supported_ops = [
@@ -134,6 +132,22 @@ def convert(
         raise UserError(
             f"TFLite conversion ({mode}) failed: {str(e).strip().splitlines()[-1][:300]}"
         ) from e
+
+
+def weight_scales(mode: str, per_tensor: bool) -> str | None:
+    """How the weights of a `mode` model are scaled: "per-tensor" (int8 PTQ with
+    `per_tensor`), "per-channel" (the other integer models: QAT keeps the per-channel
+    ranges its fake-quant nodes learned), or None (float and dynamic-range models)."""
+    if mode not in INTEGER_MODES:
+        return None
+    return "per-tensor" if per_tensor and mode == "int8" else "per-channel"
+
+
+def set_weight_scales(converter: tf.lite.TFLiteConverter, scales: str | None) -> None:
+    """Makes `converter` quantize weights with one scale per tensor when `scales` says so."""
+    if scales == "per-tensor":
+        # The converter's only switch for this (TF 2.21); private but long-lived.
+        converter._experimental_disable_per_channel = True
 
 
 def compensate_input_offset(model: tf_keras.Model, offset: float) -> tf_keras.Model | None:

@@ -160,10 +160,9 @@ def export(workdir: str, options: Options, log=print) -> dict:
             io_type=options.io_type, image_input=options.image_input,
             per_tensor=options.per_tensor,
         )  # fmt: skip
-        if mode in convert.INTEGER_MODES:
-            entry["weight_scales"] = (
-                "per-tensor" if options.per_tensor and mode == "int8" else "per-channel"
-            )
+        scales = convert.weight_scales(mode, options.per_tensor)
+        if scales:
+            entry["weight_scales"] = scales
         info = convert.inspect(content)
         if options.image_input and mode == "int8":
             content, info, entry["input_offset_compensated"] = _compensate(
@@ -226,8 +225,7 @@ def export(workdir: str, options: Options, log=print) -> dict:
         )
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
-        if options.per_tensor:
-            converter._experimental_disable_per_channel = True
+        convert.set_weight_scales(converter, convert.weight_scales("int8", options.per_tensor))
         rows = debug.layer_errors(converter, representative)
         debug.write(
             rows,
