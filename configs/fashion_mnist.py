@@ -12,9 +12,11 @@ at 0.84x its speed; removing the second early stride instead costs 2.2x the time
 image, and keeping the stem stride with alpha 0.5 reached 86.7%.
 
 The recipe is the modern one (SGD, warm-up, cosine) and lightly regularized: the paper's
-RMSProp schedule is tuned for 300+ ImageNet epochs, and a 9-epoch CPU budget (24 minutes
-on 2 cores, 91.7% top-1: benchmarks/results/fashion_mnist.json) underfits rather than
-overfits.
+RMSProp schedule is tuned for 300+ ImageNet epochs, and a 10-epoch CPU budget (about 27
+minutes on 2 cores: benchmarks/results/fashion_mnist.json) underfits rather than overfits.
+Measured for 3 epochs side by side (seed 0): weight decay 4e-4 89.5% top-1 against 89.1% at
+the ImageNet 4e-5; no label smoothing and no dropout 81.1%; learning rate 0.4 per 256 images
+85.6% (evaluation unstable after epoch 2).
 """
 
 from mnv2_tf.train.config import base_config
@@ -35,14 +37,14 @@ def get_config(variant: str = ""):
     config.data.small_pad = 4
     config.data.random_erasing = 0.0
 
-    config.train.epochs = 9
+    config.train.epochs = 10
     config.train.batch_size = 128
     config.train.optimizer = "sgd"
     config.train.learning_rate = 0.2
     config.train.lr_batch_size = 256
     config.train.schedule = "cosine"
     config.train.warmup_epochs = 1.0
-    config.train.weight_decay = 4e-5
+    config.train.weight_decay = 4e-4
     config.train.label_smoothing = 0.1
     config.train.ema_decay = 0.999
     if variant == "quick":
