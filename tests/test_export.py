@@ -192,6 +192,21 @@ def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_pa
     assert entry["size_bytes"] < len(per_channel)
 
 
+def test_weight_scales_rule():
+    """Per-tensor applies to int8 PTQ only; what the export report says of each mode."""
+    assert convert.weight_scales("int8", per_tensor=False) == "per-channel"
+    assert convert.weight_scales("int8", per_tensor=True) == "per-tensor"
+    for per_tensor in (False, True):
+        assert convert.weight_scales("qat", per_tensor) == "per-channel"
+        for mode in ("float32", "float16", "dynamic"):
+            assert convert.weight_scales(mode, per_tensor) is None
+    converter = tf.lite.TFLiteConverter.from_keras_model(models.mobilenet_v2(alpha=0.35))
+    convert.set_weight_scales(converter, "per-channel")
+    assert not getattr(converter, "_experimental_disable_per_channel", False)
+    convert.set_weight_scales(converter, "per-tensor")
+    assert converter._experimental_disable_per_channel is True
+
+
 @pytest.mark.parametrize("alpha", [0.35, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_qat_wraps_mobilenet_v2_as_built(alpha):
     """ReLU6, depthwise, residual Add, dropout: annotated and trained with no error."""
