@@ -157,8 +157,24 @@ def test_any_input_size_and_dynamic_size():
         assert model.output_shape == (None, expected, expected, 1280)
     dynamic = models.mobilenet_v2(alpha=0.35, input_shape=(None, None, 3), num_classes=7)
     assert dynamic(np.zeros((1, 64, 48, 3), np.float32)).shape == (1, 7)
-    with pytest.raises(ValueError, match="at least 32"):
+    with pytest.raises(ValueError, match="at least 32 px"):
         models.mobilenet_v2(input_shape=(28, 28, 3))
+
+
+def test_minimum_input_size_follows_the_strides():
+    # Fashion-MNIST at its native 28 px: stem stride removed, output stride 8 -> 4x4 maps.
+    small = dict(remove_early_strides=1, output_stride=8, atrous=False, include_top=False)
+    model = models.mobilenet_v2(alpha=0.35, input_shape=(28, 28, 3), **small)
+    assert model.output_shape == (None, 4, 4, 1280)
+    assert models.mobilenet_v2(alpha=0.35, input_shape=(8, 8, 3), **small).output_shape == (
+        None, 1, 1, 1280,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="at least 8 px"):
+        models.mobilenet_v2(alpha=0.35, input_shape=(7, 7, 3), **small)
+    v1 = models.mobilenet_v1(alpha=0.25, input_shape=(28, 28, 3), **small)
+    assert v1.output_shape == (None, 3, 3, 256)  # Keras' V1 pads strided convs: 28-14-7-3
+    with pytest.raises(ValueError, match="at least 16 px"):
+        models.mobilenet_v1(input_shape=(15, 15, 3), output_stride=16)
 
 
 @pytest.mark.parametrize("output_stride", (8, 16, 32))

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
-MIN_INPUT_SIZE = 32
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -84,16 +83,32 @@ def plan_strides(
     return plan
 
 
-def check_input_shape(input_shape: Sequence[int | None]) -> tuple[int | None, int | None, int]:
-    """Validates an (H, W, C) input shape and returns it as a tuple."""
+def total_stride(plan: Sequence[LayerStride]) -> int:
+    """The ratio of input to final feature-map size of a stride plan."""
+    total = 1
+    for layer in plan:
+        total *= layer.stride
+    return total
+
+
+def check_input_shape(
+    input_shape: Sequence[int | None], plan: Sequence[LayerStride]
+) -> tuple[int | None, int | None, int]:
+    """Validates an (H, W, C) input shape against the network's strides; returns it.
+
+    A side must be at least the network's total stride (32 for the paper's, 8 with the stem
+    stride removed and output_stride 8), so that the final feature map is at least 1x1.
+    """
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
     height, width, channels = input_shape
+    minimum = total_stride(plan)
     for side in (height, width):
-        if side is not None and side < MIN_INPUT_SIZE:
+        if side is not None and side < minimum:
             raise ValueError(
-                f"input size must be at least {MIN_INPUT_SIZE} px, got {tuple(input_shape)}; "
-                "upsample small images (the input pipeline does) or pad them"
+                f"input size must be at least {minimum} px (the network's total stride), got "
+                f"{tuple(input_shape)}; upsample small images (model.input_size) or remove "
+                "strides (model.remove_early_strides, model.output_stride)"
             )
     return height, width, channels
 

@@ -68,7 +68,8 @@ def mobilenet_v1(
 
     Args:
       alpha: width multiplier (channels are `int(c * alpha)`, as the V1 paper and Keras).
-      input_shape: (height, width, channels); any size >= 32.
+      input_shape: (height, width, channels); at least the network's total stride (32, or less with
+        `output_stride` / `remove_early_strides`).
       num_classes, include_top, dropout, pooling, classifier_activation: as Keras.
       depth_multiplier: depthwise channel multiplier (the V1 paper's resolution
         multiplier is the input size instead).
@@ -77,11 +78,11 @@ def mobilenet_v1(
       block_specs: the body table.
       name: default `mobilenet_{alpha}_{size}` as Keras.
     """
-    height, width, channels = common.check_input_shape(input_shape)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     nominal = [STEM_STRIDE] + [spec.s for spec in block_specs]
     strides = common.plan_strides(nominal, output_stride, remove_early_strides, atrous)
+    height, width, channels = common.check_input_shape(input_shape, strides)
 
     inputs = layers.Input(shape=(height, width, channels), name="input")
     x = layers.Conv2D(

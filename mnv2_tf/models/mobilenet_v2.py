@@ -166,7 +166,8 @@ def mobilenet_v2(
     Args:
       alpha: width multiplier; every layer's channels are scaled and rounded to a multiple
         of 8. The last 1x1 conv keeps 1280 channels for alpha <= 1 (paper Section 6.1).
-      input_shape: (height, width, channels); any size >= 32, None for a dynamic size.
+      input_shape: (height, width, channels); at least the network's total stride (32, or less with
+        `output_stride` / `remove_early_strides`), None for a dynamic size.
       num_classes: classifier outputs, with `include_top`.
       include_top: add global pooling, dropout and the `predictions` dense layer.
       dropout: dropout rate before the classifier (the paper trains with 0.2).
@@ -188,7 +189,6 @@ def mobilenet_v2(
     Returns:
       A functional `tf_keras.Model`.
     """
-    height, width, channels = common.check_input_shape(input_shape)
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
     if shortcut not in SHORTCUTS:
@@ -199,6 +199,7 @@ def mobilenet_v2(
     strides = common.plan_strides(
         nominal_strides(block_specs), output_stride, remove_early_strides, atrous
     )
+    height, width, channels = common.check_input_shape(input_shape, strides)
 
     inputs = layers.Input(shape=(height, width, channels), name="input")
     x = layers.Conv2D(
