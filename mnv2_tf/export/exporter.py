@@ -215,12 +215,10 @@ def export(workdir: str, options: Options, log=print) -> dict:
 
     if options.debug_quantization:
         log("running the quantization debugger ...")
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [
-                convert.serving_function(
-                    run.model, run.preprocessing, "float32" if options.image_input else None
-                )
-            ],
+        converter = convert.converter_for(
+            convert.serving_function(
+                run.model, run.preprocessing, "float32" if options.image_input else None
+            ),
             run.model,
         )
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
