@@ -48,10 +48,14 @@ TARGET = 0.94
 
 
 def load_config():
+    """configs/fashion_mnist.py, with `--epochs` applied."""
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import fashion_mnist
 
-    return fashion_mnist.get_config()
+    config = fashion_mnist.get_config()
+    if _EPOCHS.value:
+        config.train.epochs = _EPOCHS.value
+    return config
 
 
 def pipeline_speed(config, batches: int = 300) -> float:
@@ -119,8 +123,6 @@ def main(argv):
         "machine": common.machine(),
         "config": load_config().to_dict(),
     }
-    if _EPOCHS.value:
-        results["config"]["train"]["epochs"] = _EPOCHS.value
     if not _SKIP_SPEED.value:
         steps = _SPEED_STEPS.value
         speed = {"steps_per_timed_epoch": steps}
@@ -140,10 +142,7 @@ def main(argv):
         tf_keras.backend.clear_session()
         workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="fmnist_")
         start = time.time()
-        config = load_config()
-        if _EPOCHS.value:
-            config.train.epochs = _EPOCHS.value
-        history = trainer.train(config, workdir)
+        history = trainer.train(load_config(), workdir)
         reached = next((m for m in history if m["eval_top1"] >= TARGET), None)
         results["quality"] = {
             "workdir": workdir,
