@@ -10,7 +10,7 @@ to 32 px. The paper's stride 32 would leave a 1x1 map: the stem's stride is remo
 Measured side by side for 3 epochs: 89.6% top-1 against 88.5% for stride 16 (2x2 maps),
 at 0.84x its speed; removing the second early stride instead costs 2.2x the time per
 image, and keeping the stem stride with alpha 0.5 reached 86.7%. Training at the native
-28 px (the network allows it) is 1.15-1.3x faster but reached 88.0% against 89.5% at
+28 px (the network allows it) is 1.29x faster but reached 88.0% against 89.5% at
 32 px (3 epochs, seed 0); with expansion 4 as well, 88.3%.
 
 The recipe is the modern one (SGD, warm-up, cosine) and lightly regularized: the paper's
