@@ -208,6 +208,12 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
     )
     assert result.returncode == 2 and "no images" in last_line(result.stderr)
 
+    result = run_train(tmp_path / "d", "--config.model.input_size=4")
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith(
+        "error: config model section: input size must be at least 8 px"
+    )
+
 
 def _photo_folder(root, corrupt: bool):
     from PIL import Image

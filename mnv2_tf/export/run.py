@@ -15,7 +15,6 @@ import ml_collections
 import tensorflow as tf
 import tf_keras
 
-from mnv2_tf import models
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.train import config as config_lib
@@ -39,10 +38,9 @@ class Run:
 
     def build(self, **overrides) -> tf_keras.Model:
         """A fresh float32 model of the run's architecture (softmax head), untrained."""
-        kwargs = config_lib.model_kwargs(self.config.model, self.num_classes)
-        kwargs.update(classifier_activation="softmax")
-        kwargs.update(overrides)
-        return models.build(self.config.model.name, **kwargs)
+        return config_lib.build_model(
+            self.config.model, self.num_classes, **{"classifier_activation": "softmax", **overrides}
+        )
 
 
 def load_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:

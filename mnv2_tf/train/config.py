@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from mnv2_tf import models
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
 
@@ -132,3 +133,14 @@ def model_kwargs(model_cfg, num_classes: int) -> dict:
     elif model_cfg.name != "mobilenet_v1":
         raise UserError(f"unknown model.name {model_cfg.name!r}; use mobilenet_v2 or mobilenet_v1")
     return kwargs
+
+
+def build_model(model_cfg, num_classes: int, **overrides):
+    """The config's model (`overrides` on top of `model_kwargs`). A model section the
+    builder rejects (an input smaller than the network's stride, alpha <= 0, ...) is a
+    UserError: one line, not a traceback."""
+    kwargs = {**model_kwargs(model_cfg, num_classes), **overrides}
+    try:
+        return models.build(model_cfg.name, **kwargs)
+    except ValueError as e:
+        raise UserError(f"config model section: {e}") from e

@@ -139,11 +139,7 @@ def inference_model(weights: list[np.ndarray], model_cfg, num_classes: int) -> t
         policy = tf_keras.mixed_precision.global_policy()
         tf_keras.mixed_precision.set_global_policy("float32")
         try:
-            model = models.build(
-                model_cfg.name,
-                **config_lib.model_kwargs(model_cfg, num_classes),
-                classifier_activation="softmax",
-            )
+            model = config_lib.build_model(model_cfg, num_classes, classifier_activation="softmax")
         finally:
             tf_keras.mixed_precision.set_global_policy(policy)
     model.set_weights(weights)
@@ -240,11 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
     # Model, optimizer, EMA, checkpoint.
     with strategy.scope():
-        model = models.build(
-            model_cfg.name,
-            **config_lib.model_kwargs(model_cfg, num_classes),
-            classifier_activation=None,
-        )
+        model = config_lib.build_model(model_cfg, num_classes, classifier_activation=None)
         schedule = optim.make_schedule(train_cfg, steps_per_epoch)
         optimizer = optim.make_optimizer(train_cfg, schedule)
         # Slots exist before any tf.function traces (the frozen-backbone phase updates
