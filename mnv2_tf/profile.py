@@ -148,19 +148,23 @@ def main(argv: list[str]) -> None:
     from absl import flags
 
     from mnv2_tf import models
+    from mnv2_tf.errors import UserError
 
     del argv
     f = flags.FLAGS
-    model = models.build(
-        f.model,
-        alpha=f.alpha,
-        input_shape=(f.input_size, f.input_size, 3),
-        num_classes=f.num_classes,
-        include_top=f.include_top,
-        output_stride=f.output_stride,
-        remove_early_strides=f.remove_early_strides,
-        atrous=f.atrous,
-    )
+    try:
+        model = models.build(
+            f.model,
+            alpha=f.alpha,
+            input_shape=(f.input_size, f.input_size, 3),
+            num_classes=f.num_classes,
+            include_top=f.include_top,
+            output_stride=f.output_stride,
+            remove_early_strides=f.remove_early_strides,
+            atrous=f.atrous,
+        )
+    except ValueError as e:  # the builder's argument checks
+        raise UserError(str(e)) from e
     print(model.name)
     print(count(model).table(all_layers=f.all_layers))
 

@@ -103,3 +103,13 @@ def test_cli_prints_the_table_and_totals():
     assert "block_16_project" in result.stdout
     assert "MACs:" in result.stdout and "(11.9 M)" in result.stdout
     assert "parameters (no BN):" in result.stdout and "1,664,329" in result.stdout
+
+
+def test_cli_rejects_an_input_below_the_network_stride_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "mnv2_tf.profile", "--input_size", "16"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: input size must be at least 32 px (the network's total stride)")

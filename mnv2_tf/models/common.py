@@ -107,8 +107,8 @@ def check_input_shape(
         if side is not None and side < minimum:
             raise ValueError(
                 f"input size must be at least {minimum} px (the network's total stride), got "
-                f"{tuple(input_shape)}; upsample small images (model.input_size) or remove "
-                "strides (model.remove_early_strides, model.output_stride)"
+                f"{tuple(input_shape)}; upsample small images or remove strides "
+                "(remove_early_strides, output_stride)"
             )
     return height, width, channels
 
