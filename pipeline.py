@@ -5,7 +5,12 @@ benchmark, and write report.md with its plots. Re-running skips finished stages.
     python pipeline.py --config=configs/fashion_mnist.py:quick --workdir=runs/quick
     python pipeline.py --config=configs/fashion_mnist.py --workdir=runs/sweep \
         --sweep="alpha:0.35,0.5,1.0" [--sweep="alpha:0.5;model:mobilenet_v2,mobilenet_v1"]
+    python pipeline.py ... --config.export.modes=float32,int8 --config.export.per_tensor=True \
+        --config.bench.threads=1,4 --config.export.qat_epochs=0.5
     python pipeline.py ... --android_binary=android_aarch64_benchmark_model [--serial=S]
+
+Every stage's settings are the config's (`train`, `export`, `bench` sections), each
+overridable with `--config.SECTION.FIELD=VALUE`.
 """
 
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -18,8 +23,6 @@ from ml_collections import config_flags
 
 from mnv2_tf import cli
 from mnv2_tf.bench import android
-from mnv2_tf.errors import UserError
-from mnv2_tf.export import convert
 from mnv2_tf.pipeline import report, stages
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,16 +34,6 @@ _SWEEP = flags.DEFINE_string(
     None,
     "Grid, e.g. 'alpha:0.35,0.5,1.0;input_size:32,64' (fields: alpha, input_size, model).",
 )
-_QUANTIZE = flags.DEFINE_list(
-    "quantize", ["float32", "int8", "qat"], f"Export modes: {', '.join(convert.MODES)}."
-)
-_PER_TENSOR = flags.DEFINE_bool(
-    "per_tensor", False, "int8 PTQ weights per tensor (smaller file) instead of per channel."
-)
-_THREADS = flags.DEFINE_list("threads", ["1", "2"], "Benchmark thread counts.")
-_RUNS = flags.DEFINE_integer("num_runs", 50, "Timed benchmark runs.")
-_WARMUP = flags.DEFINE_integer("warmup_runs", 10, "Benchmark warm-up runs.")
-_QAT_EPOCHS = flags.DEFINE_float("qat_epochs", 1.0, "Quantization-aware fine-tuning epochs.")
 _ANDROID_BINARY = flags.DEFINE_string(
     "android_binary", None, "TFLite benchmark_model for the phone: adds its latency."
 )
@@ -61,22 +54,7 @@ def main(argv: list[str]) -> None:
                 cpu_mask=_CPU_MASK.value,
             )
         )
-    try:
-        threads = tuple(int(t) for t in _THREADS.value)
-    except ValueError as e:
-        raise UserError(f"--threads must be integers, got {','.join(_THREADS.value)}") from e
-    if not threads or min(threads) < 1:
-        raise UserError("--threads must be at least 1")
-    options = stages.Options(
-        modes=tuple(_QUANTIZE.value),
-        threads=threads,
-        warmup_runs=_WARMUP.value,
-        num_runs=_RUNS.value,
-        qat_epochs=_QAT_EPOCHS.value,
-        per_tensor=_PER_TENSOR.value,
-        android=session,
-    )
-    runs = stages.run(config, _WORKDIR.value, _SWEEP.value, options)
+    runs = stages.run(config, _WORKDIR.value, _SWEEP.value, android=session)
     report.write(runs, _WORKDIR.value)
     print(f"wrote {os.path.join(_WORKDIR.value, 'report.md')}")
 

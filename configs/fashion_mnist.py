@@ -22,7 +22,7 @@ the ImageNet 4e-5; no label smoothing and no dropout 81.1%; learning rate 0.4 pe
 85.6% (evaluation unstable after epoch 2).
 """
 
-from mnv2_tf.train.config import base_config
+from mnv2_tf.config import base_config
 
 
 def get_config(variant: str = ""):

@@ -11,7 +11,7 @@ backbone is frozen for the first epoch while the new head settles, then everythi
 at a low learning rate.
 """
 
-from mnv2_tf.train.config import base_config
+from mnv2_tf.config import base_config
 
 
 def get_config(alpha: str = "1.0"):

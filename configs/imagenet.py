@@ -12,7 +12,7 @@ TFDS' imagenet2012 needs the archives downloaded by hand (see its catalog page);
 other TFDS classification set works by `--config.data.name`.
 """
 
-from mnv2_tf.train.config import base_config
+from mnv2_tf.config import base_config
 
 
 def get_config(alpha: str = "1.0"):

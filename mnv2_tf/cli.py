@@ -8,13 +8,14 @@ that name no field of the (locked) config or give it a value of the wrong type.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import sys
 from collections.abc import Callable
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
+from mnv2_tf.config import load_file
 from mnv2_tf.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -25,13 +26,20 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
-def _load_config_file(spec: str):
-    """The ConfigDict of `path[:arg]`, as ml_collections' config_flags would build it."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_config_under_check", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+def sections(config: ml_collections.ConfigDict, *names: str) -> ml_collections.ConfigDict:
+    """A config holding only the sections `names` of `config`: what an entry point that
+    reads the rest from a workdir lets the user override (`--config.export.FIELD=...`)."""
+    return ml_collections.ConfigDict({name: config[name] for name in names})
+
+
+def overrides(config_flag, section: str) -> dict:
+    """{field: value} of the `--config.SECTION.FIELD=VALUE` flags given on the command line."""
+    prefix = f"{section}."
+    return {
+        path[len(prefix) :]: value
+        for path, value in config_flag.override_values.items()
+        if path.startswith(prefix)
+    }
 
 
 def _fields(config, prefix: str = "") -> list[str]:
@@ -51,7 +59,7 @@ def describe_override_error(argv: list[str], error: Exception, config_flag: str 
         None,
     )
     try:
-        config = _load_config_file(spec) if spec else None
+        config = load_file(spec) if spec else _default_config(config_flag)
     except Exception as e:  # the config file itself is broken: say so
         return f"cannot load config file {spec} ({type(e).__name__}: {e})"
     if config is None:
@@ -74,6 +82,15 @@ def describe_override_error(argv: list[str], error: Exception, config_flag: str 
             )
     first_line = str(error).strip().strip("'\"").splitlines()[0] if str(error).strip() else ""
     return f"bad config override ({type(error).__name__}: {first_line})"
+
+
+def _default_config(config_flag: str):
+    """The default of a `DEFINE_config_dict` flag (None for a config file flag)."""
+    try:
+        value = flags.FLAGS[config_flag].default
+    except KeyError:
+        return None
+    return value if isinstance(value, ml_collections.ConfigDict) else None
 
 
 def config_value(holder: flags.FlagHolder):

@@ -38,6 +38,7 @@ def test_parse_old_format_with_warmup_stats():
     r = parse.parse((OUTPUTS / "old_2019.txt").read_text())
     assert r["count"] == 50 and r["mean_us"] == 115062 and r["curr_us"] == 114219
     assert r["warmup_avg_us"] == 86184.3 and r["init_us"] == 1892
+    assert r["first_us"] == 91810  # the warm-up's first run, not the timed runs' (118810)
 
 
 def test_parse_scientific_notation():
@@ -45,7 +46,8 @@ def test_parse_scientific_notation():
     assert r["mean_us"] == pytest.approx(2.95034e6) and r["warmup_avg_us"] == pytest.approx(
         3.51239e6
     )
-    assert r["first_us"] == 2990275 and r["init_us"] == 17187
+    # "First inference" of the summary, not the stat line's first timed run (2990275).
+    assert r["first_us"] == 3512391 and r["init_us"] == 17187
     assert r["memory_init_mb"] == pytest.approx(4.21094)
     assert r["memory_overall_mb"] == pytest.approx(46.0859)
 
@@ -55,6 +57,7 @@ def test_parse_new_format_with_percentiles_and_prefixes():
     assert r["count"] == 1000 and r["median_us"] == 51891 and r["p5_us"] == 49620
     assert r["p95_us"] == 68628 and r["mean_us"] == 63743.2 and r["init_us"] == 119515
     assert r["warmup_avg_us"] == 58147.4
+    assert r["first_us"] == 87112  # "First inference", not the timed runs' first=52162
 
 
 def test_parse_peak_memory_variant():

@@ -80,9 +80,13 @@ def parse(output: str) -> dict:
         result["warmup_avg_us"] = float(groups["warmup"])
         result.setdefault("mean_us", float(groups["avg"]))
         if groups.get("first") is not None:
-            result.setdefault("first_us", float(groups["first"]))
+            # The tool's own first inference, before the warm-up: the stat line's `first=`
+            # is the first of the timed runs, already warm.
+            result["first_us"] = float(groups["first"])
     elif len(stats) >= 2 and "avg" in stats[0]:
         result["warmup_avg_us"] = stats[0]["avg"]
+        if "first" in stats[0]:  # the warm-up's first run is the tool's first inference
+            result["first_us"] = stats[0]["first"]
     if memory := _MEMORY_DELTA.search(output):
         result["memory_init_mb"] = float(memory["init"])
         result["memory_overall_mb"] = float(memory["overall"])

@@ -151,7 +151,8 @@ def make_fn(
     random_erasing_prob: float = 0.0,
     flip: bool = True,
 ):
-    """The per-example map: {"image", "label"} -> {"image": float32 [-1, 1], "label"}."""
+    """The per-example map: {"image", ...} -> {"image": float32 [-1, 1], ...}; the other
+    fields (an image-level label) pass through unchanged."""
     size = preprocessing.input_size
     method = preprocessing.resize_method
     if augment not in ("inception", "small"):
@@ -174,6 +175,6 @@ def make_fn(
         if training and augment == "small":
             image = random_erasing(image, random_erasing_prob)
         image = tf.ensure_shape(image, [size, size, 3])
-        return {"image": image, "label": example["label"]}
+        return {**example, "image": image}
 
     return fn

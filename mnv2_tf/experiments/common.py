@@ -10,15 +10,15 @@ model (the paper's MobileNetV2 is the baseline of Figures 6a and 6b) train it on
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import statistics
 import time
 
+from mnv2_tf import config as config_lib
 from mnv2_tf.errors import UserError
+from mnv2_tf.fileio import write_json_atomic, write_text_atomic
 from mnv2_tf.pipeline import stages
-from mnv2_tf.train.trainer import write_json_atomic, write_text_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FASHION_MNIST_CONFIG = os.path.join(ROOT, "configs", "fashion_mnist.py")
@@ -49,12 +49,20 @@ class Budget:
         return f"{self.epochs} epochs of {self.train_examples or 'all'} images"
 
 
+def export_config(workdir: str, quick: bool):
+    """A trained run's config with the experiments' export and benchmark settings: float32
+    and int8 PTQ, one thread."""
+    config, _ = config_lib.load_saved(workdir)
+    config.export.modes = "float32,int8"
+    config.export.calibration_steps = 2 if quick else 16
+    config.bench.threads = "1"
+    config.bench.warmup_runs, config.bench.num_runs = (3, 10) if quick else (20, 100)
+    return config
+
+
 def base_config(budget: Budget, quick: bool):
     """configs/fashion_mnist.py (alpha 0.35, 32 px, output stride 8) at `budget`."""
-    spec = importlib.util.spec_from_file_location("_fashion_mnist_config", FASHION_MNIST_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_file(FASHION_MNIST_CONFIG)
     config.train.epochs = budget.epochs
     config.train.steps_per_epoch = budget.steps_per_epoch
     config.data.max_train_examples = budget.train_examples

@@ -44,16 +44,12 @@ def train(out: str, budget: common.Budget, quick: bool, alpha_v1: float, alpha_v
 
 def export_and_time(out: str, results: dict[str, list[dict]], quick: bool, log=print) -> dict:
     """Seed 0 of each variant: float32 + int8 export, LiteRT top-1, 1-thread latency."""
-    options = stages.Options(
-        modes=("float32", "int8"), threads=(1,),
-        warmup_runs=3 if quick else 20, num_runs=10 if quick else 100,
-        calibration_steps=2 if quick else 16,
-    )  # fmt: skip
     measured = {}
     for name, runs in results.items():
         workdir = os.path.join(out, runs[0]["workdir"])
-        report = stages.stage_export(workdir, options, log)
-        bench = stages.stage_benchmark(workdir, report, options, log)
+        config = common.export_config(workdir, quick)
+        report = stages.stage_export(config, workdir, log)
+        bench = stages.stage_benchmark(config, workdir, report, log=log)
         latency = {r["mode"]: r["median_us"] / 1000 for r in bench if r["threads"] == 1}
         measured[name] = {
             "macs": report["macs"],

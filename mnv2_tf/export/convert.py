@@ -21,7 +21,11 @@ The half-level offset is then compensated in the first convolution's batch norm 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -44,10 +48,17 @@ def file_name(mode: str) -> str:
     return {"qat": "model_qat_int8.tflite"}.get(mode, f"model_{mode}.tflite")
 
 
+Outputs = Callable[[tf_keras.Model, tf.Tensor], dict]
+
+
 def serving_function(
-    model: tf_keras.Model, preprocessing: Preprocessing, image_input: str | None
+    model: tf_keras.Model,
+    preprocessing: Preprocessing,
+    image_input: str | None,
+    outputs: Outputs,
 ) -> tf.types.experimental.ConcreteFunction:
-    """The function that becomes the TFLite graph: batch of images -> probabilities.
+    """The function that becomes the TFLite graph: batch of images -> the task's named
+    outputs (`outputs(model, images)`, e.g. `Task.serving_outputs`).
 
     With `image_input` the input holds raw pixels (uint8, or float32 pixel values) and the
     normalization is part of the graph.
@@ -57,7 +68,7 @@ def serving_function(
 
         @tf.function(input_signature=[tf.TensorSpec([None, *size], tf.float32, name="input")])
         def serve(images):
-            return {"probabilities": model(images, training=False)}
+            return outputs(model, images)
 
     else:
         dtype = tf.uint8 if image_input == "uint8" else tf.float32
@@ -65,7 +76,7 @@ def serving_function(
         @tf.function(input_signature=[tf.TensorSpec([None, *size], dtype, name="image")])
         def serve(images):
             x = tf.cast(images, tf.float32) * preprocessing.scale + preprocessing.offset
-            return {"probabilities": model(x, training=False)}
+            return outputs(model, x)
 
     return serve.get_concrete_function()
 
@@ -88,6 +99,7 @@ def convert(
     mode: str,
     preprocessing: Preprocessing,
     *,
+    outputs: Outputs,
     representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
     io_type: str = "int8",
     image_input: str | None = None,
@@ -99,6 +111,7 @@ def convert(
       model: the Keras model; for "qat" the output of `qat.quantize`.
       mode: one of MODES.
       preprocessing: the model's normalization constants (used with `image_input`).
+      outputs: (model, images) -> the named outputs of the TFLite model (the task's).
       representative: yields [batch] lists of normalized calibration images (with
         `image_input`, spanning exactly [-1, 1]); needed for "int8",
         optional for "qat" (it refines ranges the fake-quant nodes do not cover).
@@ -117,7 +130,7 @@ def convert(
     integer = mode in INTEGER_MODES
     # Integer models fold the normalization into the input's quantization (see above).
     function_input = None if image_input is None or integer else "uint8"
-    function = serving_function(model, preprocessing, function_input)
+    function = serving_function(model, preprocessing, function_input, outputs)
     converter = converter_for(function, model)
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -140,11 +153,39 @@ def convert(
         converter.inference_input_type = tf.uint8 if image_input else IO_TYPES[io_type]
         converter.inference_output_type = IO_TYPES[io_type]
     try:
-        return converter.convert()
+        with native_output_captured():
+            return converter.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise UserError(
             f"TFLite conversion ({mode}) failed: {str(e).strip().splitlines()[-1][:300]}"
         ) from e
+
+
+@contextlib.contextmanager
+def native_output_captured():
+    """Holds back what native code prints to stdout/stderr inside (the converter's
+    "fully_quantize: 0, inference_type: 6 ..." and "Ignored output_format" lines, which a
+    user cannot act on), and prints it only if the block raises."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 1)
+        os.dup2(capture.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if failed:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace"))
 
 
 def weight_scales(mode: str, per_tensor: bool) -> str | None:

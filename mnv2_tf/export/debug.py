@@ -15,6 +15,8 @@ import math
 
 import tensorflow as tf
 
+from mnv2_tf import fileio
+
 IDEAL_RMSE_PER_SCALE = 1 / math.sqrt(12)
 
 
@@ -48,10 +50,11 @@ def layer_errors(converter: tf.lite.TFLiteConverter, debug_dataset) -> list[dict
 
 
 def write(rows: list[dict], csv_path: str, markdown_path: str, top: int = 25) -> None:
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["op_name"])
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["op_name"])
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text_atomic(csv_path, buffer.getvalue())
     lines = [
         "# Quantization error per layer (worst first)",
         "",
@@ -66,5 +69,4 @@ def write(rows: list[dict], csv_path: str, markdown_path: str, top: int = 25) ->
             f"| {i} | {r['op_name']} | `{r['tensor_name'][-60:]}` | {r['rmse_per_scale']:.3f} | "
             f"{r['rmse']:.4g} | {r['max_abs_error']:.4g} | {r['scale']:.4g} |"
         )
-    with open(markdown_path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    fileio.write_text_atomic(markdown_path, "\n".join(lines) + "\n")

@@ -1,20 +1,20 @@
 """Runs `.tflite` models with LiteRT on held-out images, side by side with the Keras model.
 
-Every model sees the same batches as the float Keras model, so top-1, agreement (how often
-both predict the same class) and the output error are measured on identical inputs. Inputs
-are quantized with the model's own input parameters, as an app would; a raw-pixel
-(`image_input`) model is fed the de-normalized uint8 pixels.
+Every model sees the same batches as the float Keras model; the task compares their named
+outputs (`Task.comparison`), so what is measured (top-1 and agreement, mAP, mIOU, output
+error) is the task's, on identical inputs. Inputs are quantized with the model's own input
+parameters, as an app would; a raw-pixel (`image_input`) model is fed the de-normalized
+uint8 pixels.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import tf_keras
 
 from mnv2_tf.export.convert import load_interpreter
 from mnv2_tf.models.common import Preprocessing
+from mnv2_tf.tasks import Task
 
 
 def to_pixels(images: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
@@ -29,7 +29,8 @@ def on_pixel_grid(images: np.ndarray, preprocessing: Preprocessing) -> np.ndarra
 
 
 class Runner:
-    """A `.tflite` model that takes normalized float images and returns probabilities."""
+    """A `.tflite` model that takes normalized float images and returns its outputs by
+    name (the serving function's names, from the model's signature), as float32."""
 
     def __init__(
         self,
@@ -41,9 +42,17 @@ class Runner:
         self.interpreter = load_interpreter(content, num_threads=num_threads)
         self.preprocessing = preprocessing
         self.raw_pixels = raw_pixels
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
         self.batch = None
+        self._details()
+
+    def _details(self) -> None:
+        self.input = self.interpreter.get_input_details()[0]
+        if self.interpreter.get_signature_list():
+            named = self.interpreter.get_signature_runner().get_output_details()
+            self.outputs = {name: detail for name, detail in named.items()}
+        else:  # a file converted without a signature: outputs by position
+            details = self.interpreter.get_output_details()
+            self.outputs = {f"output_{i}": d for i, d in enumerate(details)}
 
     def _resize(self, batch: int) -> None:
         if batch == self.batch:
@@ -51,8 +60,7 @@ class Runner:
         shape = [batch, *self.input["shape"][1:]]
         self.interpreter.resize_tensor_input(self.input["index"], shape, strict=False)
         self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self._details()
         self.batch = batch
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -69,110 +77,67 @@ class Runner:
         info = np.iinfo(dtype)
         return np.clip(np.round(values), info.min, info.max).astype(dtype)
 
-    def decode(self, outputs: np.ndarray) -> np.ndarray:
-        scale, zero_point = self.output["quantization"]
-        if np.dtype(outputs.dtype).kind != "f" and scale:
-            return ((outputs.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return outputs.astype(np.float32)
+    @staticmethod
+    def decode(values: np.ndarray, detail: dict) -> np.ndarray:
+        scale, zero_point = detail["quantization"]
+        if np.dtype(values.dtype).kind != "f" and scale:
+            return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return values.astype(np.float32)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         self._resize(len(images))
         self.interpreter.set_tensor(self.input["index"], self.encode(images))
         self.interpreter.invoke()
-        return self.decode(self.interpreter.get_tensor(self.output["index"]))
-
-
-# An image is "decided" when the reference model's top-1 probability leads the runner-up by
-# this much: there, a correct conversion keeps the argmax, while on near-ties an honest
-# rounding may flip it (a barely trained model is near-ties everywhere).
-DECIDED_MARGIN = 0.1
-
-
-@dataclasses.dataclass
-class Comparison:
-    """One model against the float Keras model, on the same images."""
-
-    examples: int = 0
-    correct: int = 0
-    reference_correct: int = 0
-    agree: int = 0
-    decided: int = 0  # examples where the reference's top-1 leads by >= DECIDED_MARGIN
-    decided_agree: int = 0
-    max_abs_error: float = 0.0
-    sum_abs_error: float = 0.0
-
-    def add(self, probs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> None:
-        predicted, expected = probs.argmax(-1), reference.argmax(-1)
-        self.examples += len(labels)
-        self.correct += int((predicted == labels).sum())
-        self.reference_correct += int((expected == labels).sum())
-        same = predicted == expected
-        self.agree += int(same.sum())
-        top2 = np.sort(reference, axis=-1)[:, -2:]
-        decided = top2[:, 1] - top2[:, 0] >= DECIDED_MARGIN
-        self.decided += int(decided.sum())
-        self.decided_agree += int((same & decided).sum())
-        error = np.abs(probs - reference)
-        self.max_abs_error = max(self.max_abs_error, float(error.max()))
-        self.sum_abs_error += float(error.mean(-1).sum())
-
-    def summary(self) -> dict:
-        n = max(self.examples, 1)
         return {
-            "eval_examples": self.examples,
-            "top1": self.correct / n,
-            "keras_top1": self.reference_correct / n,
-            "agreement": self.agree / n,
-            "decided_examples": self.decided,
-            "decided_agreement": self.decided_agree / self.decided if self.decided else None,
-            "max_abs_error": self.max_abs_error,
-            "mean_abs_error": self.sum_abs_error / n,
+            name: self.decode(self.interpreter.get_tensor(detail["index"]), detail)
+            for name, detail in self.outputs.items()
         }
 
 
+def _numpy(outputs: dict) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value, np.float32) for name, value in outputs.items()}
+
+
 def compare(
+    task: Task,
     model: tf_keras.Model,
     runners: dict[str, Runner],
     batches,
     own_references: dict[str, tf_keras.Model] | None = None,
 ) -> dict[str, dict]:
-    """Top-1, agreement and output error of each runner against `model`.
+    """The task's comparison of each runner against `model`, on the same batches.
 
     Args:
-      model: the float Keras model (probability outputs).
+      task: the run's task (its serving outputs and comparison).
+      model: the float Keras inference model.
       runners: name -> Runner.
-      batches: an iterable of {"image", "label", "mask"} numpy batches (the eval pipeline).
+      batches: an iterable of numpy batches of the eval pipeline ({"image", labels...,
+        "valid"}).
       own_references: name -> the Keras model a runner was converted from when it is not
-        `model` (the QAT model); its agreement with that one is reported as well
-        (`own_keras_agreement`, `own_keras_top1`): that measures the conversion alone.
+        `model` (the QAT model); the comparison with that one is reported too, under
+        `own_keras`: it measures the conversion alone.
     """
     own_references = own_references or {}
     raw = [r.preprocessing for r in runners.values() if r.raw_pixels]
-    results = {name: Comparison() for name in runners}
-    own = {name: Comparison() for name in own_references}
+    results = {name: task.comparison() for name in runners}
+    own = {name: task.comparison() for name in own_references}
     for batch in batches:
-        keep = np.asarray(batch["mask"]) > 0
+        keep = np.asarray(batch["valid"]) > 0
         if not keep.any():
             continue
-        images = np.asarray(batch["image"])[keep]
+        batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
+        images = batch["image"]
         if raw:
             # A raw-pixel model sees whole pixel values: so does the reference.
             images = on_pixel_grid(images, raw[0])
-        labels = np.asarray(batch["label"])[keep]
-        reference = model(images, training=False).numpy().astype(np.float32)
+        reference = _numpy(task.serving_outputs(model, images))
         for name, runner in runners.items():
-            probs = runner(images)
-            results[name].add(probs, reference, labels)
+            outputs = runner(images)
+            results[name].add(batch, outputs, reference)
             if name in own:
-                theirs = own_references[name](images, training=False).numpy().astype(np.float32)
-                own[name].add(probs, theirs, labels)
+                theirs = _numpy(task.serving_outputs(own_references[name], images))
+                own[name].add(batch, outputs, theirs)
     summaries = {name: comparison.summary() for name, comparison in results.items()}
     for name, comparison in own.items():
-        summary = comparison.summary()
-        summaries[name].update(
-            own_keras_top1=summary["keras_top1"],
-            own_keras_agreement=summary["agreement"],
-            own_keras_decided_examples=summary["decided_examples"],
-            own_keras_decided_agreement=summary["decided_agreement"],
-        )
+        summaries[name]["own_keras"] = comparison.summary()
     return summaries

@@ -1,4 +1,4 @@
-"""A training workdir, read back for export: its config, labels and float model.
+"""A training workdir, read back for export: its config, task, labels and float model.
 
 Everything export needs was written by the trainer: `config.json` (the architecture, the
 preprocessing constants, the data source), `labels.txt`, and either the finished models
@@ -15,11 +15,11 @@ import ml_collections
 import tensorflow as tf
 import tf_keras
 
+from mnv2_tf import config as config_lib
+from mnv2_tf import fileio, tasks
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
-from mnv2_tf.train import config as config_lib
 from mnv2_tf.train.ema import EMA
-from mnv2_tf.train.trainer import local_copy, read_json
 
 WEIGHTS_CHOICES = ("final", "best", "checkpoint")
 
@@ -33,35 +33,9 @@ class Run:
     num_classes: int
     class_names: list[str]
     preprocessing: Preprocessing
-    model: tf_keras.Model  # float32, softmax outputs, the weights export uses
+    task: tasks.Task
+    model: tf_keras.Model  # the task's float32 inference model, with the weights export uses
     weights_from: str  # the file or checkpoint the weights came from
-
-    def build(self, **overrides) -> tf_keras.Model:
-        """A fresh float32 model of the run's architecture (softmax head), untrained."""
-        return config_lib.build_model(
-            self.config.model, self.num_classes, **{"classifier_activation": "softmax", **overrides}
-        )
-
-
-def load_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """The run's config (fields added since it was written take their defaults) and the
-    trainer's extra sections (`preprocessing`, `dataset`, `runtime`)."""
-    path = os.path.join(workdir, "config.json")
-    saved = read_json(path)
-    if saved is None:
-        raise UserError(
-            f"{path} not found: --workdir must be a training workdir "
-            "(run train.py --workdir=DIR first)"
-        )
-    extras = {k: saved.pop(k) for k in ("preprocessing", "dataset", "runtime") if k in saved}
-    config = config_lib.base_config()
-    try:
-        for section, values in saved.items():
-            for key, value in values.items():
-                config[section][key] = value
-    except (KeyError, AttributeError, TypeError) as e:
-        raise UserError(f"{path} is not a config this version understands ({e})") from e
-    return config, extras
 
 
 def load(workdir: str, weights: str = "final") -> Run:
@@ -77,7 +51,7 @@ def load(workdir: str, weights: str = "final") -> Run:
         raise UserError(f"unknown --weights={weights}; choose one of {', '.join(WEIGHTS_CHOICES)}")
     if not tf.io.gfile.isdir(workdir):
         raise UserError(f"workdir {workdir} does not exist; pass the --workdir train.py wrote")
-    config, extras = load_config(workdir)
+    config, extras = config_lib.load_saved(workdir)
     class_names = list(extras.get("dataset", {}).get("class_names") or [])
     num_classes = config.model.num_classes or len(class_names)
     if not num_classes:
@@ -89,14 +63,15 @@ def load(workdir: str, weights: str = "final") -> Run:
         if "preprocessing" in extras
         else (config_lib.preprocessing_of(config))
     )
-    run = Run(workdir, config, num_classes, class_names, preprocessing, None, "")  # type: ignore[arg-type]
-    model = run.build()
+    task = tasks.get(config, num_classes)
+    run = Run(workdir, config, num_classes, class_names, preprocessing, task, None, "")  # type: ignore[arg-type]
+    model = task.build_inference_model()
 
     h5 = {"final": "final/model.h5", "best": "best/model.h5"}.get(weights)
     if h5 and tf.io.gfile.exists(os.path.join(workdir, h5)):
         path = os.path.join(workdir, h5)
         try:
-            model.load_weights(local_copy(path))
+            model.load_weights(fileio.local_copy(path))
         except (ValueError, OSError) as e:
             raise UserError(
                 f"{path} does not fit the {config.model.name} that config.json describes "

@@ -2,21 +2,29 @@
 
 Every figure in the report is copied from a stage output (metrics.json, export_report.json,
 benchmark.json); nothing is recomputed, so the report and the files it summarizes agree.
+What a run's task measures (its columns, its headline figure, the metric that picked
+`best/`) comes from the task (`Task.summary_columns`, `headline`, `best_metric`).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
-from mnv2_tf.train.trainer import write_json_atomic, write_text_atomic
+from mnv2_tf import fileio, tasks
+
+
+def _task(run: dict) -> type[tasks.Task]:
+    return tasks.task_class(run.get("task", "classification"))
 
 
 def rows(runs: list[dict]) -> list[dict]:
-    """One row per (run, exported model): size, MACs, params, top-1s, agreement, latency."""
+    """One row per (run, exported model): size, MACs, params, the task's figures (its
+    summary columns; `headline`: the converted model's main figure), latency."""
     table = []
     for run in runs:
-        export = run["export"]
+        export, task = run["export"], _task(run)
         for mode, entry in export["models"].items():
             row = {
                 "run": os.path.basename(os.path.normpath(run["workdir"])),
@@ -28,9 +36,9 @@ def rows(runs: list[dict]) -> list[dict]:
                 "size_kb": entry["size_bytes"] / 1024,
                 "macs": export.get("macs"),
                 "params": export.get("params"),
-                "keras_top1": entry.get("keras_top1"),
-                "tflite_top1": entry.get("top1"),
-                "agreement": entry.get("agreement"),
+                "task": task.name,
+                "headline": entry.get(task.headline),
+                **{c.key: entry.get(c.key) for c in task.summary_columns},
             }
             for timing in run["benchmark"]:
                 if timing["mode"] != mode:
@@ -40,6 +48,16 @@ def rows(runs: list[dict]) -> list[dict]:
                 row[f"{prefix}p90_us_{timing['threads']}t"] = timing["p90_us"]
             table.append(row)
     return table
+
+
+def _save(fig, path: str) -> None:
+    """A matplotlib figure as PNG, through the file I/O (gs:// and Drive workdirs too)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    fileio.write_bytes_atomic(path, buffer.getvalue())
 
 
 def _ms(value) -> str:
@@ -57,24 +75,19 @@ def markdown(runs: list[dict], table: list[dict], plots: dict[str, str]) -> str:
     targets = sorted({t["target"] for run in runs for t in run["benchmark"]})
     lines = ["# mnv2_tf report", ""]
     for run in runs:
-        metrics = run["metrics"]
+        metrics, task = run["metrics"], _task(run)
         last = metrics[-1] if metrics else {}
         lines.append(
-            f"- `{run['workdir']}`: {run['config']['model']} alpha {run['config']['alpha']}, "
-            f"{run['config']['input_size']} px, {len(metrics)} epochs, final eval top-1 "
-            f"{_pct(last.get('eval_top1'))}% on {last.get('eval_examples', '-')} images, "
+            f"- `{run['workdir']}`: {task.name}, {run['config']['model']} alpha "
+            f"{run['config']['alpha']}, {run['config']['input_size']} px, {len(metrics)} epochs, "
+            f"final eval {task.best_label} {_pct(last.get(task.best_metric))}% on "
+            f"{last.get('eval_examples', '-')} images, "
             f"training wall time {last.get('wall_time_s', 0) / 60:.1f} min"
         )
-    header = [
-        "run",
-        "model",
-        "size KiB",
-        "MACs (M)",
-        "params (M)",
-        "top-1 Keras",
-        "top-1 TFLite",
-        "agreement",
-    ]
+    # One table per task: its columns differ.
+    columns = {c.key: c for run in runs for c in _task(run).summary_columns}
+    header = ["run", "model", "size KiB", "MACs (M)", "params (M)"]
+    header += [c.header for c in columns.values()]
     for target in targets:
         prefix = "" if target == "desktop" else f"{target} "
         for n in threads:
@@ -84,8 +97,8 @@ def markdown(runs: list[dict], table: list[dict], plots: dict[str, str]) -> str:
         cells = [
             row["run"], row["file"], f"{row['size_kb']:.1f}",
             f"{(row['macs'] or 0) / 1e6:.1f}", f"{(row['params'] or 0) / 1e6:.3f}",
-            _pct(row["keras_top1"]), _pct(row["tflite_top1"]), _pct(row["agreement"]),
         ]  # fmt: skip
+        cells += [c.format(row.get(c.key)) for c in columns.values()]
         for target in targets:
             prefix = "" if target == "desktop" else f"{target}_"
             for n in threads:
@@ -94,8 +107,9 @@ def markdown(runs: list[dict], table: list[dict], plots: dict[str, str]) -> str:
                     _ms(row.get(f"{prefix}p90_us_{n}t")),
                 ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Top-1 in %, on the eval split, through LiteRT for the TFLite models; latency of "
-              "the desktop LiteRT interpreter (XNNPACK) unless marked."]  # fmt: skip
+    lines += ["", "Figures in %, on the eval split, through LiteRT for the TFLite models (Keras: "
+              "the float model); latency of the desktop LiteRT interpreter (XNNPACK) unless "
+              "marked."]  # fmt: skip
     for title, path in plots.items():
         lines += ["", f"## {title}", "", f"![{title}]({os.path.basename(path)})"]
     return "\n".join(lines) + "\n"
@@ -107,29 +121,31 @@ def plot_training(runs: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = set()
     for run in runs:
-        metrics = run["metrics"]
+        metrics, task = run["metrics"], _task(run)
         if not metrics:
             continue
         label = os.path.basename(os.path.normpath(run["workdir"]))
         epochs = [m["epoch"] for m in metrics]
         loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "--", label=f"{label} train")
-        loss_ax.plot(epochs, [m["eval_loss"] for m in metrics], label=f"{label} eval")
-        top1_ax.plot(epochs, [100 * m["eval_top1"] for m in metrics], "o-", label=label)
+        loss_ax.plot(epochs, [m.get("eval_loss") for m in metrics], label=f"{label} eval")
+        metric_ax.plot(epochs, [100 * m[task.best_metric] for m in metrics], "o-", label=label)
+        labels.add(task.best_label)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.legend(fontsize=7)
-    top1_ax.set_xlabel("epoch")
-    top1_ax.set_ylabel("eval top-1 (%)")
-    top1_ax.legend(fontsize=7)
+    metric_ax.set_xlabel("epoch")
+    metric_ax.set_ylabel(f"eval {' / '.join(sorted(labels))} (%)")
+    metric_ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_tradeoff(table: list[dict], path: str, threads: int) -> None:
-    """Top-1 against latency (and against MACs): the paper's trade-off, on this machine."""
+    """The headline figure (top-1, mAP, mIOU) against latency and against MACs: the paper's
+    trade-off, on this machine."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,30 +155,30 @@ def plot_tradeoff(table: list[dict], path: str, threads: int) -> None:
     fig, (lat_ax, mac_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for mode in sorted({r["mode"] for r in table}):
         chosen = [
-            r for r in table if r["mode"] == mode and r.get(key) and r["tflite_top1"] is not None
+            r for r in table if r["mode"] == mode and r.get(key) and r["headline"] is not None
         ]
         lat_ax.scatter(
-            [r[key] / 1000 for r in chosen], [100 * r["tflite_top1"] for r in chosen], label=mode
+            [r[key] / 1000 for r in chosen], [100 * r["headline"] for r in chosen], label=mode
         )
         mac_ax.scatter(
-            [r["macs"] / 1e6 for r in chosen], [100 * r["tflite_top1"] for r in chosen], label=mode
+            [r["macs"] / 1e6 for r in chosen], [100 * r["headline"] for r in chosen], label=mode
         )
         for r in chosen:
-            lat_ax.annotate(r["run"], (r[key] / 1000, 100 * r["tflite_top1"]), fontsize=7)
-            mac_ax.annotate(r["run"], (r["macs"] / 1e6, 100 * r["tflite_top1"]), fontsize=7)
+            lat_ax.annotate(r["run"], (r[key] / 1000, 100 * r["headline"]), fontsize=7)
+            mac_ax.annotate(r["run"], (r["macs"] / 1e6, 100 * r["headline"]), fontsize=7)
     lat_ax.set_xlabel(f"median latency (ms, {threads} thread(s), desktop LiteRT)")
     mac_ax.set_xlabel("multiply-adds (M)")
+    names = sorted({tasks.task_class(r["task"]).headline_label for r in table})
     for ax in (lat_ax, mac_ax):
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(f"{' / '.join(names)} (%), TFLite")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write(runs: list[dict], folder: str) -> dict:
     """Writes report.md, report.json, training.png and tradeoff.png into `folder`."""
-    os.makedirs(folder, exist_ok=True)
+    fileio.makedirs(folder)
     table = rows(runs)
     plots = {"Training curves": os.path.join(folder, "training.png")}
     plot_training(runs, plots["Training curves"])
@@ -171,6 +187,6 @@ def write(runs: list[dict], folder: str) -> dict:
         plots["Accuracy vs latency and MACs"] = os.path.join(folder, "tradeoff.png")
         plot_tradeoff(table, plots["Accuracy vs latency and MACs"], threads[0])
     report = {"rows": table, "runs": [{k: v for k, v in r.items() if k != "export"} for r in runs]}
-    write_json_atomic(os.path.join(folder, "report.json"), report)
-    write_text_atomic(os.path.join(folder, "report.md"), markdown(runs, table, plots))
+    fileio.write_json_atomic(os.path.join(folder, "report.json"), report)
+    fileio.write_text_atomic(os.path.join(folder, "report.md"), markdown(runs, table, plots))
     return report

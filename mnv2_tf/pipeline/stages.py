@@ -1,7 +1,7 @@
 """The main job: train -> export -> evaluate -> benchmark, for one config or a sweep.
 
-Each stage writes its outputs into the run's workdir and is skipped when they are already
-there and complete, so re-running the same command after an interruption only redoes what
+The settings of every stage are the config's (`export`, `bench` sections). Each stage writes
+its outputs into the run's workdir and is skipped when they are already there and complete, so re-running the same command after an interruption only redoes what
 was lost: an interrupted training resumes from its checkpoint (the trainer's own resume),
 a finished export or benchmark is read back.
 """
@@ -16,26 +16,22 @@ import time
 
 import ml_collections
 
+from mnv2_tf import config as config_lib
+from mnv2_tf import fileio
 from mnv2_tf.bench import desktop
 from mnv2_tf.errors import UserError
 from mnv2_tf.export import exporter
 from mnv2_tf.train import trainer
-from mnv2_tf.train.trainer import read_json, write_json_atomic
 
 SWEEP_FIELDS = {"alpha": ("model", "alpha", float), "input_size": ("model", "input_size", int),
                 "model": ("model", "name", str)}  # fmt: skip
 
 
-@dataclasses.dataclass
-class Options:
-    modes: tuple[str, ...] = ("float32", "int8", "qat")
-    threads: tuple[int, ...] = (1, 2)
-    warmup_runs: int = 10
-    num_runs: int = 50
-    qat_epochs: float = 1.0
-    calibration_steps: int = 16
-    per_tensor: bool = False
-    android: object | None = None  # an android.Session, to add the phone's latency
+def threads_of(config) -> tuple[int, ...]:
+    threads = config_lib.parse_list(config.bench.threads, int, field="bench.threads")
+    if not threads or min(threads) < 1:
+        raise UserError(f"bench.threads must be whole numbers >= 1, got {config.bench.threads!r}")
+    return threads
 
 
 def parse_sweep(spec: str | None) -> list[dict]:
@@ -78,9 +74,9 @@ def apply(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.
 
 
 def training_done(workdir: str, config) -> bool:
-    metrics = read_json(os.path.join(workdir, "metrics.json"), []) or []
+    metrics = fileio.read_json(os.path.join(workdir, "metrics.json"), [])
     return (
-        os.path.exists(os.path.join(workdir, "final", "model.h5"))
+        fileio.exists(os.path.join(workdir, "final", "model.h5"))
         and len(metrics) >= config.train.epochs
     )
 
@@ -91,79 +87,72 @@ def stage_train(config, workdir: str, log=print) -> list[dict]:
     else:
         log(f"[train] {workdir}")
         trainer.train(config, workdir)
-    return read_json(os.path.join(workdir, "metrics.json"), [])
+    return fileio.read_json(os.path.join(workdir, "metrics.json"), [])
 
 
-def stage_export(workdir: str, options: Options, log=print) -> dict:
+def stage_export(config, workdir: str, log=print) -> dict:
+    settings = exporter.settings_of(config)
     path = os.path.join(workdir, "export", "export_report.json")
-    done = read_json(path)
+    done = fileio.read_json(path)
     weights = os.path.join(workdir, "final", "model.h5")
     if (
         done
-        and set(options.modes) <= set(done.get("models", {}))
-        and done.get("options", {}).get("per_tensor", False) == options.per_tensor
+        and set(exporter.modes_of(settings)) <= set(done.get("models", {}))
+        and done.get("options", {}).get("per_tensor", False) == settings.per_tensor
         and not any(
             exporter.check_failed(m.get("check", "failed")) for m in done["models"].values()
         )
-        and os.path.getmtime(path) >= os.path.getmtime(weights)  # not older than the model
+        and fileio.mtime(path) >= fileio.mtime(weights)  # not older than the model
     ):
         log(f"[export] {workdir}: done, skipped")
         return done
-    log(f"[export] {workdir}: {', '.join(options.modes)}")
-    return exporter.export(
-        workdir,
-        exporter.Options(
-            modes=options.modes,
-            qat_epochs=options.qat_epochs,
-            calibration_steps=options.calibration_steps,
-            per_tensor=options.per_tensor,
-        ),
-        log=log,
-    )
+    log(f"[export] {workdir}: {settings.modes}")
+    return exporter.export(workdir, config.export.to_dict(), log=log)
 
 
-def stage_benchmark(workdir: str, export_report: dict, options: Options, log=print) -> list[dict]:
+def stage_benchmark(config, workdir: str, export_report: dict, android=None, log=print):
+    """Desktop latency of every exported model at each of `bench.threads` (and the phone's,
+    with an `android.Session`)."""
     path = os.path.join(workdir, "benchmark.json")
+    threads = threads_of(config)
     settings = {
-        "threads": list(options.threads),
-        "warmup_runs": options.warmup_runs,
-        "num_runs": options.num_runs,
-        "android": options.android is not None,
+        "threads": list(threads),
+        "warmup_runs": config.bench.warmup_runs,
+        "num_runs": config.bench.num_runs,
+        "android": android is not None,
         # A re-export changes the files: their sizes and the export time mark this one.
         "files": sorted([m["file"], m["size_bytes"]] for m in export_report["models"].values()),
-        "export_report_mtime": os.path.getmtime(
-            os.path.join(workdir, "export", "export_report.json")
-        ),
+        "export_report_mtime": fileio.mtime(os.path.join(workdir, "export", "export_report.json")),
     }
-    done = read_json(path)
+    done = fileio.read_json(path)
     if done and done.get("settings") == settings:
         log(f"[benchmark] {workdir}: done, skipped")
         return done["results"]
     results = []
     folder = os.path.join(workdir, "export")
+    runs = (config.bench.warmup_runs, config.bench.num_runs)
     for mode, entry in export_report["models"].items():
         model_path = os.path.join(folder, entry["file"])
-        for threads in options.threads:
-            log(f"[benchmark] {entry['file']}, {threads} thread(s)")
-            timing = desktop.measure(model_path, threads, options.warmup_runs, options.num_runs)
+        for n in threads:
+            log(f"[benchmark] {entry['file']}, {n} thread(s)")
+            timing = desktop.measure(model_path, n, *runs)
             results.append({"mode": mode, **dataclasses.asdict(timing)})
-            if options.android is not None:
-                timing = options.android.measure(
-                    model_path, threads, options.warmup_runs, options.num_runs
-                )
+            if android is not None:
+                timing = android.measure(model_path, n, *runs)
                 results.append({"mode": mode, **dataclasses.asdict(timing)})
-    write_json_atomic(path, {"settings": settings, "results": results})
+    fileio.write_json_atomic(path, {"settings": settings, "results": results})
     return results
 
 
-def run_one(config, workdir: str, options: Options, log=print) -> dict:
+def run_one(config, workdir: str, android=None, log=print) -> dict:
     """All stages of one run; returns what the report needs."""
     start = time.time()
     metrics = stage_train(config, workdir, log)
-    export_report = stage_export(workdir, options, log)
-    bench = stage_benchmark(workdir, export_report, options, log)
+    export_report = stage_export(config, workdir, log)
+    bench = stage_benchmark(config, workdir, export_report, android, log)
     return {
         "workdir": workdir,
+        "task": config.task,
         "config": {
             "model": config.model.name,
             "alpha": config.model.alpha,
@@ -177,9 +166,18 @@ def run_one(config, workdir: str, options: Options, log=print) -> dict:
     }
 
 
-def run(config, workdir: str, sweep: str | None, options: Options, log=print) -> list[dict]:
-    """The whole job: one run per point of the sweep (one run without a sweep)."""
+def run(config, workdir: str, sweep: str | None = None, android=None, log=print) -> list[dict]:
+    """The whole job: one run per point of the sweep (one run without a sweep).
+
+    Args:
+      config: the experiment config (every stage's settings).
+      workdir: the output folder (one sub-folder per sweep point).
+      sweep: e.g. "alpha:0.35,0.5;input_size:32,64".
+      android: an `android.Session`, to add the phone's latency.
+    """
     grid = parse_sweep(sweep)
+    exporter.settings_of(config)  # bad export settings fail before hours of training
+    threads_of(config)
     runs = []
     for overrides in grid:
         run_dir = (
@@ -187,6 +185,8 @@ def run(config, workdir: str, sweep: str | None, options: Options, log=print) ->
             if len(grid) == 1 and not overrides
             else os.path.join(workdir, run_name(overrides))
         )
-        runs.append(run_one(apply(config, overrides), run_dir, options, log))
-    write_json_atomic(os.path.join(workdir, "pipeline_runs.json"), json.loads(json.dumps(runs)))
+        runs.append(run_one(apply(config, overrides), run_dir, android, log))
+    fileio.write_json_atomic(
+        os.path.join(workdir, "pipeline_runs.json"), json.loads(json.dumps(runs))
+    )
     return runs

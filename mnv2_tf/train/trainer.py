@@ -1,18 +1,22 @@
 """The training loop: from a config and a workdir to checkpoints, models and metrics.
 
-Reads top to bottom: data -> model -> optimizer/EMA/checkpoint -> resume -> epochs of
-(train steps, evaluation with the EMA weights, metrics, checkpoint, best model) -> outputs.
+`train` reads top to bottom in parts: the run's data and resolved config (`_prepare`),
+the model, optimizer, EMA and checkpoint, restored or initialised (`_restore_or_init`),
+the compiled step functions (`_Steps`), then the epochs: train steps, evaluation with the
+EMA weights, metrics, checkpoint, best model; last the final models. What depends on the
+task (model, labels, loss, metrics, the deployable model) comes from `mnv2_tf.tasks`.
+
 Running it again on the same workdir resumes from the last checkpoint with the optimizer,
 EMA, step and epoch restored; checkpoints are complete-or-absent (TensorFlow writes the
-`checkpoint` index file last and atomically), and JSON outputs are written to a temporary
-name and renamed.
+`checkpoint` index file last and atomically), and every other file is written atomically.
 
 Workdir layout:
   config.json          the resolved config (+ dataset facts, preprocessing, strategy)
   labels.txt           one class name per line, in label order
   metrics.json         one object per completed epoch
   checkpoints/         tf.train.Checkpoint: model, optimizer, EMA, step
-  best/, final/        model.h5 (EMA weights, softmax head) and, at the end, saved_model/
+  best/, final/        model.h5 (the task's inference model, EMA weights) and, at the end,
+                       saved_model/
   tb/                  TensorBoard logs
 """
 
@@ -20,11 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import ml_collections
@@ -33,69 +35,92 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from mnv2_tf import models
-from mnv2_tf.data import make_dataset, sources
+from mnv2_tf import config as config_lib
+from mnv2_tf import data, fileio, models, tasks
 from mnv2_tf.errors import UserError
-from mnv2_tf.models import weights as weights_lib
-from mnv2_tf.train import config as config_lib
 from mnv2_tf.train import distribute, optim
 from mnv2_tf.train.ema import EMA
 
-# --- small file helpers (work on local paths, Drive mounts and gs:// alike) ---------------
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def write_json_atomic(path: str, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str, default=None):
-    if not tf.io.gfile.exists(path):
-        return default
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def save_h5_atomic(model: tf_keras.Model, path: str) -> None:
-    """Keras writes HDF5 through h5py (local files only): write locally, then move."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "model.h5")
-        model.save(local, include_optimizer=False)
-        tf.io.gfile.copy(local, f"{path}.tmp", overwrite=True)
-    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
-
-
-# --- pieces of the run --------------------------------------------------------------------
+# --- the run's data and resolved config ----------------------------------------------------
 
 
 @dataclasses.dataclass
-class EpochMetrics:
-    epoch: int
-    step: int
-    train_loss: float
-    train_top1: float
-    eval_loss: float
-    eval_top1: float
-    eval_examples: int
-    images_per_sec: float
-    train_time_s: float
-    wall_time_s: float
-    learning_rate: float
-    skipped_images: int
+class _Data:
+    task: tasks.Task
+    train_ds: tf.data.Dataset
+    eval_ds: tf.data.Dataset
+    bn_ds: tf.data.Dataset | None  # training images for precise BN (eval preprocessing)
+    steps_per_epoch: int
+    skipped: int
+    resolved: dict  # config.json
+
+
+def _prepare(config, strategy, policy: str) -> _Data:
+    """Loads both splits, builds the task for their classes and the three datasets."""
+    train_cfg, data_cfg, model_cfg = config.train, config.data, config.model
+    preprocessing = config_lib.preprocessing_of(config)
+    batch = train_cfg.batch_size
+    if batch % strategy.num_replicas_in_sync:
+        raise UserError(
+            f"train.batch_size {batch} does not divide over {strategy.num_replicas_in_sync} replicas"
+        )
+    train_source = data.load(data_cfg, data_cfg.train_split)
+    eval_source = data.load(data_cfg, data_cfg.eval_split)
+    num_classes = model_cfg.num_classes or len(train_source.class_names)
+    task = tasks.get(config, num_classes)
+    train_ds, _ = task.dataset(
+        preprocessing, data_cfg.train_split, training=True, batch_size=batch,
+        seed=train_cfg.seed, source=train_source,
+    )  # fmt: skip
+    eval_ds, _ = task.dataset(
+        preprocessing, data_cfg.eval_split, training=False, batch_size=batch, source=eval_source
+    )
+    bn_batches = min(
+        math.ceil(train_cfg.precise_bn_images / batch), train_source.num_examples // batch
+    )
+    bn_ds = None
+    if bn_batches > 0:
+        uncached = data_cfg.copy_and_resolve_references()
+        uncached.cache = False  # a partly read cache would warn at every epoch
+        bn_ds, _ = task.dataset(
+            preprocessing, data_cfg.train_split, training=False, batch_size=batch,
+            source=train_source, data_cfg=uncached,
+        )  # fmt: skip
+        bn_ds = bn_ds.take(bn_batches)
+    steps_per_epoch = train_cfg.steps_per_epoch or train_source.num_examples // batch
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"{train_source.num_examples} training images make no batch of {batch}; "
+            "lower train.batch_size"
+        )
+    resolved = config.to_dict()
+    resolved["model"]["num_classes"] = num_classes
+    resolved["preprocessing"] = preprocessing.to_dict()
+    resolved["dataset"] = {
+        "train_examples": train_source.num_examples,
+        "eval_examples": eval_source.num_examples,
+        "class_names": train_source.class_names,
+        "skipped_images": train_source.skipped + eval_source.skipped,
+    }
+    resolved["runtime"] = {
+        "strategy": distribute.strategy_name(strategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "mixed_precision": policy,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    skipped = len(train_source.skipped) + len(eval_source.skipped)
+    return _Data(task, train_ds, eval_ds, bn_ds, steps_per_epoch, skipped, resolved)
 
 
 def _check_workdir_matches(workdir: str, resolved: dict) -> None:
-    """A workdir with checkpoints of another architecture cannot be resumed."""
-    saved = read_json(os.path.join(workdir, "config.json"))
+    """A workdir with checkpoints of another task or architecture cannot be resumed."""
+    saved = fileio.read_json(os.path.join(workdir, "config.json"))
     if saved is None or not tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")):
         return
     differences = [
+        f"task: {saved.get('task', 'classification')!r} there, {resolved['task']!r} now"
+    ] * (saved.get("task", "classification") != resolved["task"])
+    differences += [
         f"model.{k}: {saved['model'].get(k)!r} there, {resolved['model'].get(k)!r} now"
         for k in config_lib.ARCHITECTURE_FIELDS
         if saved["model"].get(k) != resolved["model"].get(k)
@@ -105,6 +130,55 @@ def _check_workdir_matches(workdir: str, resolved: dict) -> None:
             f"workdir {workdir} holds a checkpoint of another model ({'; '.join(differences)}); "
             "use a new --workdir, or the config it was trained with"
         )
+
+
+# --- model, optimizer, EMA and checkpoint, restored or initialised ---------------------------
+
+
+@dataclasses.dataclass
+class _State:
+    model: tf_keras.Model
+    schedule: optim.WarmupSchedule
+    optimizer: tf_keras.optimizers.Optimizer
+    ema: EMA | None
+    step: tf.Variable
+    manager: tf.train.CheckpointManager
+
+
+def _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir) -> _State:
+    train_cfg = config.train
+    with strategy.scope():
+        model = task.build_model()
+        schedule = optim.make_schedule(train_cfg, steps_per_epoch)
+        optimizer = optim.make_optimizer(train_cfg, schedule)
+        # Slots exist before any tf.function traces (the frozen-backbone phase updates
+        # fewer variables than the rest, and tf.function cannot create variables twice).
+        optimizer.build(model.trainable_variables)
+        if policy == "mixed_float16":
+            optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+        ema = EMA(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step, **({"ema": ema} if ema else {})
+    )
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(outdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
+    )
+    if manager.latest_checkpoint:
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise UserError(
+                f"cannot restore {manager.latest_checkpoint} into this model "
+                f"({str(e).splitlines()[0][:200]}); use a new --workdir"
+            ) from e
+        print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", flush=True)
+    elif config.model.init_from:
+        _init_from(model, config.model.init_from)
+        if ema is not None:
+            for shadow, weight in zip(ema.shadows, model.weights, strict=True):
+                shadow.assign(weight)
+    return _State(model, schedule, optimizer, ema, step, manager)
 
 
 def _init_from(model: tf_keras.Model, source: str) -> None:
@@ -127,54 +201,157 @@ def _init_from(model: tf_keras.Model, source: str) -> None:
     )
 
 
-def _set_backbone_trainable(model: tf_keras.Model, trainable: bool) -> None:
+def _set_backbone_trainable(model: tf_keras.Model, task: tasks.Task, trainable: bool) -> None:
     for layer in model.layers:
-        if layer.name not in weights_lib.HEAD_LAYERS:
+        if layer.name not in task.head_layers:
             layer.trainable = trainable
 
 
-def inference_model(weights: list[np.ndarray], model_cfg, num_classes: int) -> tf_keras.Model:
-    """The deployable model: the trained layers with a softmax head, float32, `weights`."""
+# --- compiled step functions --------------------------------------------------------------
+
+
+def _float32(outputs):
+    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
+
+
+class _Steps:
+    """The compiled training loop (one per set of trained variables) and evaluation step."""
+
+    def __init__(self, config, task: tasks.Task, state: _State, strategy, policy: str):
+        self.task, self.state, self.strategy = task, state, strategy
+        self.loss_scaling = policy == "mixed_float16"
+        self.global_batch = config.train.batch_size
+        self.weight_decay = config.train.weight_decay
+        self.kernels = (
+            optim.decayed_kernels(state.model) if config.train.optimizer != "adamw" else []
+        )
+        self._loops = {}
+        self._predict = tf.function(self._predict_step)
+
+    def loop(self, frozen: bool):
+        """A compiled loop of `num_steps` steps over the trainable variables of now."""
+        if frozen not in self._loops:
+            variables = self.state.model.trainable_variables
+            self._loops[frozen] = tf.function(
+                lambda iterator, num_steps: self._loop(iterator, num_steps, variables)
+            )
+        return self._loops[frozen]
+
+    def _loop(self, iterator, num_steps, variables):
+        strategy, state = self.strategy, self.state
+        names = self.task.train_metric_names
+        loss_sum, sums = tf.constant(0.0), tf.zeros([len(names)])  # autograph: no dicts
+        for _ in tf.range(num_steps):
+            loss, figures = strategy.run(self._train_step, args=(next(iterator), variables))
+            loss_sum += strategy.reduce("SUM", loss, axis=None)
+            sums += tf.stack([strategy.reduce("SUM", figures[k], axis=None) for k in names])
+            state.step.assign_add(1)
+            if state.ema is not None:
+                state.ema.update(state.step)
+        n = tf.cast(num_steps, tf.float32)
+        return loss_sum / n, {name: sums[i] / n for i, name in enumerate(names)}
+
+    def _train_step(self, inputs, variables):
+        model, optimizer = self.state.model, self.state.optimizer
+        with tf.GradientTape() as tape:
+            outputs = _float32(model(inputs["image"], training=True))
+            per_example = self.task.loss(inputs, outputs)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            penalty = optim.l2_penalty(self.kernels, self.weight_decay)
+            total = loss + penalty / self.strategy.num_replicas_in_sync
+            scaled = optimizer.get_scaled_loss(total) if self.loss_scaling else total
+        grads = tape.gradient(scaled, variables)
+        if self.loss_scaling:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        figures = self.task.train_metrics(inputs, outputs)
+        return loss, {k: tf.reduce_sum(v) / self.global_batch for k, v in figures.items()}
+
+    def _predict_step(self, inputs):
+        model = self.state.model
+        outputs = self.strategy.run(
+            lambda x: _float32(model(x["image"], training=False)), args=(inputs,)
+        )
+        labels = {k: v for k, v in inputs.items() if k != "image"}
+        return self.strategy.gather(outputs, axis=0), self.strategy.gather(labels, axis=0)
+
+    def evaluate(self, eval_ds) -> dict[str, float]:
+        """The task's metrics over the whole eval set (on every worker alike)."""
+        evaluator = self.task.evaluator()
+        for inputs in self.strategy.experimental_distribute_dataset(eval_ds):
+            outputs, labels = self._predict(inputs)
+            evaluator.update(
+                tf.nest.map_structure(np.asarray, labels),
+                tf.nest.map_structure(np.asarray, outputs),
+            )
+        return evaluator.result()
+
+
+def precise_bn(model: tf_keras.Model, batches, strategy) -> int:
+    """Sets every BatchNorm's moving statistics to the mean of its batch statistics over
+    `batches` (distributed batches of {"image", ...}); returns how many batches it saw.
+
+    The momentum of batch i (from 0) is i / (i + 1): the moving average then equals the
+    running mean of the batch statistics. Eager calls: BatchNorm reads its momentum at
+    call time. Under a distribution strategy each replica averages its own batches and
+    the moving statistics, ON_READ variables, read back as the mean over replicas.
+    """
+    norms = [
+        layer
+        for layer in model.submodules
+        if isinstance(layer, tf_keras.layers.BatchNormalization)
+    ]
+    if not norms:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    seen = 0
+    try:
+        for inputs in batches:
+            for layer in norms:
+                layer.momentum = seen / (seen + 1)
+            strategy.run(lambda x: model(x["image"], training=True), args=(inputs,))
+            seen += 1
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return seen
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Keras' progress bar on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, steps: int, epoch: int, epochs: int, names: tuple[str, ...]):
+        self.tty = sys.stdout.isatty()
+        self.bar = (
+            tf_keras.utils.Progbar(steps, stateful_metrics=["loss", *names]) if self.tty else None
+        )
+        if self.tty:
+            print(f"Epoch {epoch}/{epochs}")
+
+    def update(self, step_in_epoch: int, loss: float, figures: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(step_in_epoch, [("loss", loss), *figures.items()])
+
+
+def inference_model(task: tasks.Task, weights: list[np.ndarray]) -> tf_keras.Model:
+    """The deployable model: the task's inference model, float32, with `weights`."""
     with tf.distribute.get_strategy().scope():
         policy = tf_keras.mixed_precision.global_policy()
         tf_keras.mixed_precision.set_global_policy("float32")
         try:
-            model = config_lib.build_model(model_cfg, num_classes, classifier_activation="softmax")
+            model = task.build_inference_model()
         finally:
             tf_keras.mixed_precision.set_global_policy(policy)
     model.set_weights(weights)
     return model
 
 
-def export_weights(model: tf_keras.Model, ema: EMA | None) -> list[np.ndarray]:
-    """The weights evaluation and export use (EMA's where there is one).
-
-    Reading distributed batch-norm statistics is a collective operation: under a
-    multi-worker strategy every worker must call this, in the same order.
-    """
-    with ema.swapped() if ema is not None else contextlib.nullcontext():
-        return [np.asarray(w) for w in model.get_weights()]
-
-
-class _Progress:
-    """Keras' progress bar on a terminal; one line per epoch otherwise."""
-
-    def __init__(self, steps: int, epoch: int, epochs: int):
-        self.tty = sys.stdout.isatty()
-        self.bar = (
-            tf_keras.utils.Progbar(steps, stateful_metrics=["loss", "top1"]) if self.tty else None
-        )
-        if self.tty:
-            print(f"Epoch {epoch}/{epochs}")
-
-    def update(self, step_in_epoch: int, loss: float, top1: float) -> None:
-        if self.bar is not None:
-            self.bar.update(step_in_epoch, [("loss", loss), ("top1", top1)])
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains (or resumes) the run in `workdir`; returns the metrics of every epoch."""
-    train_cfg, data_cfg, model_cfg = config.train, config.data, config.model
+    train_cfg = config.train
     distribute.split_cpu(train_cfg.logical_cpu_devices)
     strategy = distribute.get_strategy(train_cfg.strategy)
     chief = distribute.is_chief(strategy)
@@ -184,191 +361,55 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     outdir = (
         workdir if chief else os.path.join(workdir, f".worker_{strategy.cluster_resolver.task_id}")
     )
-    tf.io.gfile.makedirs(outdir)
+    fileio.makedirs(outdir)
 
-    # Data.
-    preprocessing = config_lib.preprocessing_of(config)
-    batch = train_cfg.batch_size
-    if batch % strategy.num_replicas_in_sync:
-        raise UserError(
-            f"train.batch_size {batch} does not divide over {strategy.num_replicas_in_sync} replicas"
-        )
-    train_source = sources.load(data_cfg, data_cfg.train_split)
-    eval_source = sources.load(data_cfg, data_cfg.eval_split)
-    num_classes = model_cfg.num_classes or len(train_source.class_names)
-    train_ds, _ = make_dataset(
-        data_cfg, preprocessing, data_cfg.train_split, training=True, batch_size=batch,
-        seed=train_cfg.seed, source=train_source,
-    )  # fmt: skip
-    eval_ds, _ = make_dataset(
-        data_cfg, preprocessing, data_cfg.eval_split, training=False, batch_size=batch,
-        source=eval_source,
-    )  # fmt: skip
-    steps_per_epoch = train_cfg.steps_per_epoch or train_source.num_examples // batch
-    if steps_per_epoch < 1:
-        raise UserError(
-            f"{train_source.num_examples} training images make no batch of {batch}; "
-            "lower train.batch_size"
-        )
-    skipped = len(train_source.skipped) + len(eval_source.skipped)
-
-    resolved = config.to_dict()
-    resolved["model"]["num_classes"] = num_classes
-    resolved["preprocessing"] = preprocessing.to_dict()
-    resolved["dataset"] = {
-        "train_examples": train_source.num_examples,
-        "eval_examples": eval_source.num_examples,
-        "class_names": train_source.class_names,
-        "skipped_images": train_source.skipped + eval_source.skipped,
-    }
-    resolved["runtime"] = {
-        "strategy": distribute.strategy_name(strategy),
-        "replicas": strategy.num_replicas_in_sync,
-        "mixed_precision": policy,
-        "steps_per_epoch": steps_per_epoch,
-    }
-    _check_workdir_matches(workdir, resolved)
+    run = _prepare(config, strategy, policy)
+    task, steps_per_epoch = run.task, run.steps_per_epoch
+    _check_workdir_matches(workdir, run.resolved)
     if chief:
-        write_json_atomic(os.path.join(workdir, "config.json"), resolved)
-        write_text_atomic(
-            os.path.join(workdir, "labels.txt"), "\n".join(train_source.class_names) + "\n"
-        )
+        fileio.write_json_atomic(os.path.join(workdir, "config.json"), run.resolved)
+        class_names = run.resolved["dataset"]["class_names"]
+        fileio.write_text_atomic(os.path.join(workdir, "labels.txt"), "\n".join(class_names) + "\n")
+    state = _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir)
+    model, ema, step, manager = state.model, state.ema, state.step, state.manager
+    steps = _Steps(config, task, state, strategy, policy)
 
-    # Model, optimizer, EMA, checkpoint.
-    with strategy.scope():
-        model = config_lib.build_model(model_cfg, num_classes, classifier_activation=None)
-        schedule = optim.make_schedule(train_cfg, steps_per_epoch)
-        optimizer = optim.make_optimizer(train_cfg, schedule)
-        # Slots exist before any tf.function traces (the frozen-backbone phase updates
-        # fewer variables than the rest, and tf.function cannot create variables twice).
-        optimizer.build(model.trainable_variables)
-        if policy == "mixed_float16":
-            optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
-        ema = EMA(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    kernels = optim.decayed_kernels(model) if train_cfg.optimizer != "adamw" else []
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step, **({"ema": ema} if ema else {})
-    )
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(outdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
-    )
-    if manager.latest_checkpoint:
-        try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise UserError(
-                f"cannot restore {manager.latest_checkpoint} into this model "
-                f"({str(e).splitlines()[0][:200]}); use a new --workdir"
-            ) from e
-        print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", flush=True)
-    elif model_cfg.init_from:
-        _init_from(model, model_cfg.init_from)
-        if ema is not None:
-            for shadow, weight in zip(ema.shadows, model.weights, strict=True):
-                shadow.assign(weight)
+    def averaged_weights(evaluate: bool = True) -> tuple[list[np.ndarray], dict | None]:
+        """The weights evaluation and export use: the EMA's where there is one, with BN
+        statistics re-estimated for them; and, with `evaluate`, their eval metrics.
+        Reading distributed BN statistics is a collective: every worker calls this."""
+        with ema.swapped() if ema is not None else contextlib.nullcontext():
+            if run.bn_ds is not None:
+                precise_bn(model, strategy.experimental_distribute_dataset(run.bn_ds), strategy)
+            result = steps.evaluate(run.eval_ds) if evaluate else None
+            return [np.asarray(w) for w in model.get_weights()], result
 
     metrics_path = os.path.join(workdir, "metrics.json")
-    start_step = int(step.numpy())
-    start_epoch = start_step // steps_per_epoch
+    start_epoch = int(step.numpy()) // steps_per_epoch
     # Epochs after the checkpoint (killed between metrics and checkpoint) are done again.
-    history = [m for m in (read_json(metrics_path, []) or []) if m["epoch"] <= start_epoch]
-    best_top1 = max((m["eval_top1"] for m in history), default=-1.0)
-
-    # Compiled steps.
-    label_smoothing = train_cfg.label_smoothing
-    global_batch = batch
-
-    def make_train_loop(variables):
-        """A compiled loop of `num_steps` steps that updates `variables` (all trainable
-        ones, or the head's while the backbone is frozen)."""
-
-        def train_step(inputs):
-            return _train_step(inputs, variables)
-
-        @tf.function
-        def loop(iterator, num_steps):
-            loss_sum, top1_sum = tf.constant(0.0), tf.constant(0.0)
-            for _ in tf.range(num_steps):
-                loss, top1 = strategy.run(train_step, args=(next(iterator),))
-                loss_sum += strategy.reduce("SUM", loss, axis=None)
-                top1_sum += strategy.reduce("SUM", top1, axis=None)
-                step.assign_add(1)
-                if ema is not None:
-                    ema.update(step)
-            n = tf.cast(num_steps, tf.float32)
-            return loss_sum / n, top1_sum / n
-
-        return loop
-
-    def _train_step(inputs, variables):
-        images, labels = inputs["image"], inputs["label"]
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            onehot = tf.one_hot(labels, num_classes)
-            per_example = tf_keras.losses.categorical_crossentropy(
-                onehot, logits, from_logits=True, label_smoothing=label_smoothing
-            )
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            penalty = optim.l2_penalty(kernels, train_cfg.weight_decay)
-            total = loss + penalty / strategy.num_replicas_in_sync
-            scaled = optimizer.get_scaled_loss(total) if policy == "mixed_float16" else total
-        grads = tape.gradient(scaled, variables)
-        if policy == "mixed_float16":
-            grads = optimizer.get_unscaled_gradients(grads)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
-        return loss, tf.reduce_sum(correct) / global_batch
-
-    @tf.function
-    def eval_step(inputs):
-        def fn(inputs):
-            logits = tf.cast(model(inputs["image"], training=False), tf.float32)
-            mask = inputs["mask"]
-            onehot = tf.one_hot(inputs["label"], num_classes)
-            loss = tf_keras.losses.categorical_crossentropy(onehot, logits, from_logits=True)
-            correct = tf.cast(tf.equal(tf.argmax(logits, -1), inputs["label"]), tf.float32)
-            return tf.reduce_sum(loss * mask), tf.reduce_sum(correct * mask), tf.reduce_sum(mask)
-
-        results = strategy.run(fn, args=(inputs,))
-        return [strategy.reduce("SUM", r, axis=None) for r in results]
-
-    def evaluate() -> tuple[float, float, int]:
-        loss_sum = correct = count = 0.0
-        for inputs in strategy.experimental_distribute_dataset(eval_ds):
-            batch_loss, batch_correct, batch_count = eval_step(inputs)
-            loss_sum += float(batch_loss)
-            correct += float(batch_correct)
-            count += float(batch_count)
-        return loss_sum / max(count, 1.0), correct / max(count, 1.0), round(count)
-
-    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+    history = [m for m in fileio.read_json(metrics_path, []) if m["epoch"] <= start_epoch]
+    best = max((m[task.best_metric] for m in history), default=-math.inf)
+    train_iter = iter(strategy.experimental_distribute_dataset(run.train_ds))
     writer = tf.summary.create_file_writer(os.path.join(outdir, "tb")) if chief else None
-    unfrozen_loop = None
-    frozen_loop = None
     wall_start = time.time() - (history[-1]["wall_time_s"] if history else 0.0)
+    weights = None
 
     for epoch in range(start_epoch, train_cfg.epochs):
+        # Train steps.
         frozen = epoch < train_cfg.freeze_backbone_epochs
-        _set_backbone_trainable(model, not frozen)
-        if frozen:
-            frozen_loop = frozen_loop or make_train_loop(model.trainable_variables)
-            loop = frozen_loop
-        else:
-            unfrozen_loop = unfrozen_loop or make_train_loop(model.trainable_variables)
-            loop = unfrozen_loop
-        progress = _Progress(steps_per_epoch, epoch + 1, train_cfg.epochs)
+        _set_backbone_trainable(model, task, not frozen)
+        loop = steps.loop(frozen)
+        progress = _Progress(steps_per_epoch, epoch + 1, train_cfg.epochs, task.train_metric_names)
         epoch_end = (epoch + 1) * steps_per_epoch
-        losses, top1s, weights = [], [], []
-        train_time = 0.0
+        losses, figures, chunks, train_time = [], [], [], 0.0
         every = train_cfg.checkpoint_every_steps
         while (current := int(step.numpy())) < epoch_end:
             chunk = min(train_cfg.steps_per_loop, epoch_end - current)
             if every:
                 chunk = min(chunk, every - current % every)
             t0 = time.time()
-            loss, top1 = loop(train_iter, tf.constant(chunk))
-            loss, top1 = float(loss), float(top1)
+            loss, chunk_figures = loop(train_iter, tf.constant(chunk))
+            loss, chunk_figures = float(loss), {k: float(v) for k, v in chunk_figures.items()}
             train_time += time.time() - t0
             current = int(step.numpy())
             if not math.isfinite(loss):
@@ -378,102 +419,86 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                     "train.learning_rate or check the data"
                 )
             losses.append(loss)
-            top1s.append(top1)
-            weights.append(chunk)
-            progress.update(current - epoch * steps_per_epoch, loss, top1)
+            figures.append(chunk_figures)
+            chunks.append(chunk)
+            progress.update(current - epoch * steps_per_epoch, loss, chunk_figures)
             if every and current < epoch_end and current % every == 0:
                 manager.save(checkpoint_number=current)
 
-        with ema.swapped() if ema is not None else contextlib.nullcontext():
-            eval_loss, eval_top1, eval_count = evaluate()
-        if eval_top1 > best_top1:  # the same on every worker: it was all-reduced
-            best_top1 = eval_top1
-            best_weights = export_weights(model, ema)
+        # Evaluation, best model, metrics, checkpoint.
+        weights, result = averaged_weights()
+        metrics = _epoch_metrics(epoch + 1, current, losses, figures, chunks, result)
+        if metrics[task.best_metric] > best:  # the same on every worker: it was all-gathered
+            best = metrics[task.best_metric]
             if chief:
-                tf.io.gfile.makedirs(os.path.join(workdir, "best"))
-                save_h5_atomic(
-                    inference_model(best_weights, model_cfg, num_classes),
-                    os.path.join(workdir, "best", "model.h5"),
+                fileio.makedirs(os.path.join(workdir, "best"))
+                fileio.save_h5_atomic(
+                    inference_model(task, weights), os.path.join(workdir, "best", "model.h5")
                 )
-        steps_done = sum(weights)
-        current = int(step.numpy())
-        metrics = EpochMetrics(
-            epoch=epoch + 1,
-            step=current,
-            train_loss=float(np.average(losses, weights=weights)) if weights else float("nan"),
-            train_top1=float(np.average(top1s, weights=weights)) if weights else float("nan"),
-            eval_loss=eval_loss,
-            eval_top1=eval_top1,
-            eval_examples=eval_count,
-            images_per_sec=steps_done * batch / train_time if train_time else 0.0,
+        metrics.update(
+            images_per_sec=sum(chunks) * train_cfg.batch_size / train_time if train_time else 0.0,
             train_time_s=train_time,
             wall_time_s=time.time() - wall_start,
-            learning_rate=float(schedule(current - 1)),
-            skipped_images=skipped,
+            learning_rate=float(state.schedule(current - 1)),
+            skipped_images=run.skipped,
         )
-        history.append(dataclasses.asdict(metrics))
-        line = (
-            f"epoch {metrics.epoch}/{train_cfg.epochs} step {metrics.step}: "
-            f"train_loss {metrics.train_loss:.4f} eval_loss {metrics.eval_loss:.4f} "
-            f"eval_top1 {metrics.eval_top1:.4f} ({eval_count} images) "
-            f"{metrics.images_per_sec:.0f} img/s, skipped images: {skipped}"
-        )
-        print(line, flush=True)
+        history.append(metrics)
+        _log_epoch(metrics, train_cfg.epochs)
         if chief:
-            write_json_atomic(metrics_path, history)
-            with writer.as_default(step=metrics.step):
-                for key in (
-                    "train_loss",
-                    "train_top1",
-                    "eval_loss",
-                    "eval_top1",
-                    "images_per_sec",
-                    "learning_rate",
-                ):
-                    tf.summary.scalar(key, getattr(metrics, key))
+            fileio.write_json_atomic(metrics_path, history)
+            with writer.as_default(step=metrics["step"]):
+                for key, value in metrics.items():
+                    if key.startswith(("train_", "eval_", "images_", "learning_")):
+                        tf.summary.scalar(key, value)
             writer.flush()
         manager.save(checkpoint_number=current)
 
-    final_weights = export_weights(model, ema)
+    if weights is None:  # nothing left to train: the finished run's models again
+        weights, _ = averaged_weights(evaluate=False)
     if chief:
-        _write_final(final_weights, model_cfg, num_classes, workdir, train_cfg.save_saved_model)
+        _write_final(task, weights, workdir, train_cfg.save_saved_model)
     else:
         tf.io.gfile.rmtree(outdir)
     return history
 
 
-def _write_final(
-    weights: list[np.ndarray], model_cfg, num_classes: int, workdir: str, saved_model: bool
-) -> None:
+def _epoch_metrics(epoch, step, losses, figures, chunks, result) -> dict:
+    """One metrics.json entry: step-weighted training figures, then the eval metrics."""
+
+    def average(values):
+        return float(np.average(values, weights=chunks)) if chunks else float("nan")
+
+    metrics = {"epoch": epoch, "step": step, "train_loss": average(losses)}
+    for name in figures[0] if figures else ():
+        metrics[f"train_{name}"] = average([f[name] for f in figures])
+    metrics.update({f"eval_{name}": value for name, value in result.items()})
+    return metrics
+
+
+def _log_epoch(metrics: dict, epochs: int) -> None:
+    evaluated = " ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_") and k != "eval_examples"
+    )
+    print(
+        f"epoch {metrics['epoch']}/{epochs} step {metrics['step']}: "
+        f"train_loss {metrics['train_loss']:.4f} {evaluated} "
+        f"({metrics.get('eval_examples', '-')} images) "
+        f"{metrics['images_per_sec']:.0f} img/s, skipped images: {metrics['skipped_images']}",
+        flush=True,
+    )
+
+
+def _write_final(task: tasks.Task, weights: list[np.ndarray], workdir: str, saved_model: bool):
     """final/ and best/: model.h5 and saved_model/ with the weights export will use."""
-    final = inference_model(weights, model_cfg, num_classes)
+    final = inference_model(task, weights)
     final_dir = os.path.join(workdir, "final")
-    tf.io.gfile.makedirs(final_dir)
-    save_h5_atomic(final, os.path.join(final_dir, "model.h5"))
+    fileio.makedirs(final_dir)
+    fileio.save_h5_atomic(final, os.path.join(final_dir, "model.h5"))
     if not saved_model:
         return
-    _save_saved_model(final, os.path.join(final_dir, "saved_model"))
+    fileio.save_saved_model_atomic(final, os.path.join(final_dir, "saved_model"))
     best_h5 = os.path.join(workdir, "best", "model.h5")
-    if tf.io.gfile.exists(best_h5):
-        best = inference_model(weights, model_cfg, num_classes)
-        best.load_weights(local_copy(best_h5))
-        _save_saved_model(best, os.path.join(workdir, "best", "saved_model"))
-
-
-def local_copy(path: str) -> str:
-    """h5py reads local files only: a gs:// or Drive path is copied to a temp folder first."""
-    if os.path.exists(path):
-        return path
-    local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-    tf.io.gfile.copy(path, local, overwrite=True)
-    return local
-
-
-def _save_saved_model(model: tf_keras.Model, path: str) -> None:
-    tmp = f"{path}.tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    model.save(tmp, include_optimizer=False, save_format="tf")
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
-    tf.io.gfile.rename(tmp, path)
+    if fileio.exists(best_h5):
+        best = inference_model(task, weights)
+        best.load_weights(fileio.local_copy(best_h5))
+        fileio.save_saved_model_atomic(best, os.path.join(workdir, "best", "saved_model"))

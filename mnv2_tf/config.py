@@ -1,15 +1,22 @@
-"""The fields every experiment config has, with their defaults.
+"""The fields every experiment config has, with their defaults, for every stage.
 
 Config files under `configs/` start from `base_config()` and change what their experiment
-needs; `train.py` locks the result, so a misspelt `--config.FIELD=VALUE` fails.
+needs; the entry points lock the result, so a misspelt `--config.FIELD=VALUE` fails.
+Sections: `task` (which task module: classification, the default), `model`, `data`,
+`train`, `export` (the TFLite conversion and its self-check) and `bench` (latency runs).
+Each default lives here once; training saves the resolved config as the run's
+`config.json`, which export and the pipeline read back (`load_saved`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
-from mnv2_tf import models
+from mnv2_tf import fileio, models
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
 
@@ -30,6 +37,7 @@ ARCHITECTURE_FIELDS = (
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.task = "classification"  # a key of mnv2_tf.tasks.TASKS
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mobilenet_v2"  # or "mobilenet_v1"
@@ -101,7 +109,79 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.mixed_precision = "auto"  # "auto" | "none" | "mixed_float16" | "mixed_bfloat16"
     config.train.save_saved_model = True  # final/ and best/ saved_model/ besides model.h5
     config.train.logical_cpu_devices = 0  # >1 splits the CPU into devices (tests, dry runs)
+    # Before each evaluation and the saved models, BatchNorm's moving statistics are
+    # re-estimated for the evaluated (EMA) weights on this many training images, with the
+    # eval preprocessing ("precise BN", Wu & Johnson 2021): a short run's moving averages
+    # still hold much of their initial values and would evaluate near chance. 0 disables.
+    config.train.precise_bn_images = 512
+
+    config.export = ml_collections.ConfigDict()
+    config.export.modes = "float32,int8"  # comma-separated: float32,float16,dynamic,int8,qat
+    config.export.calibration_steps = 16  # batches of 32 training images for int8 ranges
+    config.export.io_type = "int8"  # integer models' input/output: int8 | uint8 | float32
+    config.export.image_input = ""  # "uint8": raw RGB pixels in, normalization in the graph
+    config.export.per_tensor = False  # int8 PTQ: one weight scale per tensor, not per channel
+    config.export.allow_float_ops = False  # keep an integer model that still has float ops
+    config.export.qat_epochs = 1.0  # quantization-aware fine-tuning passes over the train split
+    config.export.qat_learning_rate = 1e-3  # peak, cosine to 0
+    config.export.max_eval_examples = config_dict.placeholder(int)  # self-check on the first N
+    config.export.eval_batch_size = 250
+    config.export.debug_quantization = False  # per-layer int8 error table
+
+    config.bench = ml_collections.ConfigDict()
+    config.bench.threads = "1,2"  # comma-separated thread counts
+    config.bench.warmup_runs = 10
+    config.bench.num_runs = 50
     return config
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+    """The ConfigDict of a config file `path[:variant]`, as `--config=path[:variant]` builds it.
+
+    The one way to load a config file by path (benchmarks, experiments, tests)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} not found; pass a configs/*.py file")
+    module_spec = importlib.util.spec_from_file_location("_mnv2_tf_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+# Sections the trainer adds to config.json beside the config's own: facts of the run.
+RUN_FACTS = ("preprocessing", "dataset", "runtime")
+
+
+def load_saved(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """A training workdir's config (fields added since it was written take their
+    defaults) and the trainer's facts of the run (`preprocessing`, `dataset`, `runtime`)."""
+    path = os.path.join(workdir, "config.json")
+    saved = fileio.read_json(path)
+    if saved is None:
+        raise UserError(
+            f"{path} not found: --workdir must be a training workdir "
+            "(run train.py --workdir=DIR first)"
+        )
+    facts = {k: saved.pop(k) for k in RUN_FACTS if k in saved}
+    config = base_config()
+    try:
+        for section, values in saved.items():
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    config[section][key] = value
+            else:
+                config[section] = values
+    except (KeyError, AttributeError, TypeError) as e:
+        raise UserError(f"{path} is not a config this version understands ({e})") from e
+    return config, facts
+
+
+def parse_list(value: str, kind=str, field: str = "") -> tuple:
+    """A comma-separated config field ("float32,int8", "1,2") as a tuple of `kind`."""
+    try:
+        return tuple(kind(v.strip()) for v in str(value).split(",") if v.strip())
+    except ValueError as e:
+        raise UserError(f"config field {field}: {value!r} is not a comma-separated list") from e
 
 
 def preprocessing_of(config: ml_collections.ConfigDict) -> Preprocessing:
