@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -27,7 +26,7 @@ import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import common
+import common  # benchmarks/common.py: the script's own folder is on sys.path
 from mnv2_tf import models
 from mnv2_tf.bench import desktop
 from mnv2_tf.export import convert

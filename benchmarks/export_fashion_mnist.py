@@ -20,14 +20,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
 from absl import app, flags
 
-from benchmarks import common
+import common  # benchmarks/common.py: the script's own folder is on sys.path
 from mnv2_tf.export import exporter
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A full fashion_mnist run.", required=True)

@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -30,7 +29,7 @@ import tensorflow as tf
 import tf_keras
 from absl import app, flags
 
-from benchmarks import common
+import common  # benchmarks/common.py: the script's own folder is on sys.path
 from mnv2_tf import models
 from mnv2_tf.bench import desktop
 from mnv2_tf.data import sources

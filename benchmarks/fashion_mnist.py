@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -32,9 +29,9 @@ import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import tf_keras
 from absl import app, flags
 
-from benchmarks import common
+import common  # benchmarks/common.py: the script's own folder is on sys.path
+from mnv2_tf import config as config_lib
 from mnv2_tf.data import make_dataset
-from mnv2_tf.train import config as config_lib
 from mnv2_tf.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,10 +46,7 @@ TARGET = 0.94
 
 def load_config():
     """configs/fashion_mnist.py, with `--epochs` applied."""
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import fashion_mnist
-
-    config = fashion_mnist.get_config()
+    config = config_lib.load_file(os.path.join(ROOT, "configs", "fashion_mnist.py"))
     if _EPOCHS.value:
         config.train.epochs = _EPOCHS.value
     return config

@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.precise_bn_images = 512
 
     config.export = ml_collections.ConfigDict()
-    config.export.modes = "float32,int8"  # comma-separated: float32,float16,dynamic,int8,qat
+    config.export.modes = "float32,int8,qat"  # comma-separated: float32,float16,dynamic,int8,qat
     config.export.calibration_steps = 16  # batches of 32 training images for int8 ranges
     config.export.io_type = "int8"  # integer models' input/output: int8 | uint8 | float32
     config.export.image_input = ""  # "uint8": raw RGB pixels in, normalization in the graph
