@@ -19,18 +19,21 @@ from absl import flags
 
 from mnv2_tf import cli
 from mnv2_tf.bench import android, desktop, report
+from mnv2_tf.config import base_config
 from mnv2_tf.errors import UserError
+
+BENCH = base_config().bench  # the defaults the pipeline's benchmark stage uses too
 
 _MODELS = flags.DEFINE_multi_string("model", [], "A .tflite file (repeat for several).")
 _TARGET = flags.DEFINE_enum("target", "desktop", ["desktop", "android"], "Where to run.")
 _THREADS = flags.DEFINE_list("threads", ["1"], "Thread counts, comma-separated.")
-_WARMUP = flags.DEFINE_integer("warmup_runs", 10, "Runs before timing.")
-_RUNS = flags.DEFINE_integer("num_runs", 50, "Timed runs.")
+_WARMUP = flags.DEFINE_integer("warmup_runs", BENCH.warmup_runs, "Runs before timing.")
+_RUNS = flags.DEFINE_integer("num_runs", BENCH.num_runs, "Timed runs.")
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON.")
 _CSV = flags.DEFINE_string("csv", None, "Write the results as CSV.")
 _PLOT = flags.DEFINE_string("plot", None, "PNG: latency bars (+ accuracy vs latency).")
 _REPORTS = flags.DEFINE_multi_string(
-    "export_report", [], "export_report.json files whose top-1 goes into the plot."
+    "export_report", [], "export_report.json files whose headline figure goes into the plot."
 )
 _NO_XNNPACK = flags.DEFINE_bool("no_xnnpack", False, "Desktop: LiteRT's built-in kernels only.")
 _SERIAL = flags.DEFINE_string("serial", None, "Android: the device (adb devices -l).")

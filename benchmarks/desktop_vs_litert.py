@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 
-
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split

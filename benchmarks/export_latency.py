@@ -17,9 +17,7 @@ all timed runs of all rounds.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-
 
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -34,7 +32,8 @@ from mnv2_tf import models
 from mnv2_tf.bench import desktop
 from mnv2_tf.data import sources
 from mnv2_tf.export import convert
-from mnv2_tf.models.common import DEFAULT_PREPROCESSING
+from mnv2_tf.models.common import DEFAULT_PREPROCESSING, preprocess_input
+from mnv2_tf.tasks import Classification
 
 _ALPHA = flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
 _SIZE = flags.DEFINE_integer("size", 224, "Input size.")
@@ -46,6 +45,7 @@ _OUT = flags.DEFINE_string("out", common.results_path("export_latency"), "JSON o
 
 
 def calibration_images(size: int, count: int = 64) -> np.ndarray:
+    """Test images at `size`, normalized by the model's own preprocessing constants."""
     path = sources.FASHION_MNIST_DIR
     try:
         images = sources.read_idx(os.path.join(path, "t10k-images-idx3-ubyte.gz"))[:count]
@@ -53,7 +53,7 @@ def calibration_images(size: int, count: int = 64) -> np.ndarray:
         images = tf.image.resize(images, (size, size)).numpy()
     except (OSError, FileNotFoundError):
         images = np.random.default_rng(0).uniform(0, 255, (count, size, size, 3))
-    return (images.astype(np.float32) - 127.5) / 127.5
+    return preprocess_input(images, DEFAULT_PREPROCESSING).numpy()
 
 
 def keras_recipe(model: tf_keras.Model, mode: str, representative) -> bytes:
@@ -93,7 +93,11 @@ def main(argv):
         contents = {
             "keras_applications": keras_recipe(keras_model, mode, representative),
             "mnv2_tf": convert.convert(
-                ours, mode, DEFAULT_PREPROCESSING, representative=representative_or_none
+                ours,
+                mode,
+                DEFAULT_PREPROCESSING,
+                representative=representative_or_none,
+                outputs=Classification(None, 1000).serving_outputs,
             ),
         }
         for name, content in contents.items():

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-
 from absl import app, flags
 
 import common  # benchmarks/common.py: the script's own folder is on sys.path

@@ -8,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from mnv2_tf.cli import _load_config_file
+from mnv2_tf.config import load_file as _load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").glob("*.py"))

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from mnv2_tf.config import base_config
 from mnv2_tf.data import find_unreadable, make_dataset, preprocess, read_idx, sources
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
-from mnv2_tf.train.config import base_config
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -222,9 +222,9 @@ def test_eval_visits_every_image_once_with_static_batches():
     batches = list(ds)
     assert len(batches) == 3
     assert all(b["image"].shape == (4, 32, 32, 3) for b in batches)
-    masks = np.concatenate([b["mask"].numpy() for b in batches])
+    valid = np.concatenate([b["valid"].numpy() for b in batches])
     labels = np.concatenate([b["label"].numpy() for b in batches])
-    assert masks.sum() == 10 and list(labels[:10]) == list(range(10))
+    assert valid.sum() == 10 and list(labels[:10]) == list(range(10))
 
 
 def test_training_batches_repeat_and_augment():

@@ -13,12 +13,25 @@ import tensorflow as tf
 import tf_keras
 
 from mnv2_tf import models
+from mnv2_tf.config import base_config
 from mnv2_tf.errors import UserError
 from mnv2_tf.export import convert, evaluate, exporter, qat
 from mnv2_tf.export import run as run_lib
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
+from mnv2_tf.tasks import classification
 from mnv2_tf.train import trainer
 from tests.test_train import needs_fmnist, tiny_config
+
+
+def probabilities(model, images):
+    """A classifier's serving outputs (as `Classification.serving_outputs`)."""
+    return {"probabilities": model(images, training=False)}
+
+
+def export(workdir, out, **settings):
+    """The export of `workdir` into `out` with `settings` over the run's export section."""
+    return exporter.export(str(workdir), settings, output_dir=str(out), log=lambda *_: None)
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,18 +70,16 @@ def last_line(stderr: str) -> str:
 @needs_fmnist
 def test_float32_int8_qat_export(workdir, tmp_path):
     """The default suite's export: the modes the main job uses (every mode: slow test)."""
-    options = exporter.Options(
-        modes=("float32", "int8", "qat"), output_dir=str(tmp_path), calibration_steps=2,
-        qat_epochs=0.125,
-    )  # fmt: skip
-    report = exporter.export(str(workdir), options, log=lambda *_: None)
+    report = export(
+        workdir, tmp_path, modes="float32,int8,qat", calibration_steps=2, qat_epochs=0.125
+    )
     assert sorted(p.name for p in tmp_path.glob("*.tflite")) == [
         "model_float32.tflite", "model_int8.tflite", "model_qat_int8.tflite",
     ]  # fmt: skip
     for mode, entry in report["models"].items():
         assert entry["check"] == "passed", (mode, entry)
-        assert entry["decided_examples"] >= exporter.MIN_DECIDED, (mode, entry)
-    assert report["models"]["float32"]["max_abs_error"] <= exporter.MAX_FLOAT32_ERROR
+        assert entry["decided_examples"] >= classification.MIN_DECIDED, (mode, entry)
+    assert report["models"]["float32"]["max_abs_error"] <= classification.MAX_FLOAT32_ERROR
     assert report["models"]["int8"]["float_ops"] == report["models"]["qat"]["float_ops"] == []
     assert report["models"]["qat"]["qat"]["steps"] == 16  # 0.125 x 4096 images / batch 32
 
@@ -76,10 +87,7 @@ def test_float32_int8_qat_export(workdir, tmp_path):
 @pytest.mark.slow
 @needs_fmnist
 def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
-    options = exporter.Options(
-        modes=("int8",), output_dir=str(tmp_path), calibration_steps=2, debug_quantization=True
-    )
-    report = exporter.export(str(workdir), options, log=lambda *_: None)
+    report = export(workdir, tmp_path, modes="int8", calibration_steps=2, debug_quantization=True)
     errors = [r["rmse_per_scale"] for r in report["quantization_debug"]]
     assert len(errors) == 10 and errors == sorted(errors, reverse=True)
     assert (tmp_path / "quantization_debug.md").exists()
@@ -89,11 +97,10 @@ def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
 @pytest.mark.slow
 @needs_fmnist
 def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
-    options = exporter.Options(
-        modes=convert.MODES, output_dir=str(tmp_path), calibration_steps=4, qat_epochs=0.25,
+    report = export(
+        workdir, tmp_path, modes=",".join(convert.MODES), calibration_steps=4, qat_epochs=0.25,
         debug_quantization=True,
     )  # fmt: skip
-    report = exporter.export(str(workdir), options, log=lambda *_: None)
     files = sorted(p.name for p in tmp_path.glob("*.tflite"))
     assert files == sorted(convert.file_name(m) for m in convert.MODES)
     assert (tmp_path / "labels.txt").read_text().splitlines()[0] == "T-shirt/top"
@@ -107,9 +114,11 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
         assert entry["size_bytes"] == (tmp_path / entry["file"]).stat().st_size
         assert entry["keras_top1"] == report["models"]["float32"]["keras_top1"]
     assert report["models"]["float32"]["keras_top1"] > 0.4  # the fixture learned something
-    assert report["models"]["qat"]["own_keras_agreement"] >= exporter.MIN_AGREEMENT["qat"]
+    assert report["models"]["qat"]["own_keras"]["agreement"] >= classification.MIN_AGREEMENT["qat"]
     float32 = report["models"]["float32"]
-    assert float32["max_abs_error"] <= exporter.MAX_FLOAT32_ERROR and float32["agreement"] == 1.0
+    assert (
+        float32["max_abs_error"] <= classification.MAX_FLOAT32_ERROR and float32["agreement"] == 1.0
+    )
     for mode in ("int8", "qat"):
         entry = report["models"][mode]
         assert entry["float_ops"] == []
@@ -127,11 +136,10 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
 
 @needs_fmnist
 def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
-    options = exporter.Options(
-        modes=("float32", "int8"), output_dir=str(tmp_path), calibration_steps=4,
-        image_input="uint8", io_type="uint8",
+    report = export(
+        workdir, tmp_path, modes="float32,int8", calibration_steps=4, image_input="uint8",
+        io_type="uint8",
     )  # fmt: skip
-    report = exporter.export(str(workdir), options, log=lambda *_: None)
     for mode in ("float32", "int8"):
         io = report["models"][mode]["inputs"][0]
         assert io["dtype"] == "uint8"
@@ -169,7 +177,8 @@ def weight_scales_per_tensor(path: pathlib.Path) -> int:
 def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_path):
     """`--per_tensor` through the CLI against the default per-channel int8 of the same run."""
     result = export_cli(
-        f"--workdir={workdir}", "--quantize=int8", "--per_tensor", "--calibration_steps=2",
+        f"--workdir={workdir}", "--config.export.modes=int8", "--config.export.per_tensor=True",
+        "--config.export.calibration_steps=2",
         f"--output_dir={tmp_path / 'pt'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -185,7 +194,7 @@ def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_pa
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     per_channel = convert.convert(
         run_lib.load(str(workdir)).model, "int8", DEFAULT_PREPROCESSING,
-        representative=lambda: iter([[images]]),
+        outputs=probabilities, representative=lambda: iter([[images]]),
     )  # fmt: skip
     (tmp_path / "pc.tflite").write_bytes(per_channel)
     assert weight_scales_per_tensor(tmp_path / "pc.tflite") >= 8
@@ -242,7 +251,9 @@ def test_qat_wraps_our_models_and_converts_to_int8(name, alpha):
     x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     q.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     q.fit(x, np.arange(8) % 10, epochs=1, verbose=0)  # fake-quant ranges from data
-    content = convert.convert(q, "qat", DEFAULT_PREPROCESSING, representative=lambda: iter([[x]]))
+    content = convert.convert(
+        q, "qat", DEFAULT_PREPROCESSING, outputs=probabilities, representative=lambda: iter([[x]])
+    )
     info = convert.inspect(content)
     assert info.float_ops == [] and info.inputs[0].dtype == "int8"
     assert "DEPTHWISE_CONV_2D" in info.ops
@@ -270,14 +281,17 @@ def test_float_ops_are_found_and_refused():
     model = tf_keras.Model(inputs, tf_keras.layers.GlobalAveragePooling2D()(x))
     data = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
     content = convert.convert(
-        model, "int8", DEFAULT_PREPROCESSING, representative=lambda: iter([[data]])
-    )
+        model, "int8", DEFAULT_PREPROCESSING, outputs=probabilities,
+        representative=lambda: iter([[data]]),
+    )  # fmt: skip
     info = convert.inspect(content)
     assert any(op.startswith("SIN#") for op in info.float_ops)
-    with pytest.raises(UserError, match=r"float ops .*SIN.*--allow_float_ops"):
-        exporter.check_integer("int8", info, exporter.Options())
-    exporter.check_integer("int8", info, exporter.Options(allow_float_ops=True))
-    exporter.check_integer("dynamic", info, exporter.Options())  # float by design
+    settings = base_config().export
+    with pytest.raises(UserError, match=r"float ops .*SIN.*export.allow_float_ops=True"):
+        exporter.check_integer("int8", info, settings)
+    exporter.check_integer("dynamic", info, settings)  # float by design
+    settings.allow_float_ops = True
+    exporter.check_integer("int8", info, settings)
 
 
 def test_runner_quantizes_inputs_with_the_model_parameters():
@@ -285,12 +299,15 @@ def test_runner_quantizes_inputs_with_the_model_parameters():
     model = tf_keras.Model(inputs, tf_keras.layers.Flatten()(inputs * 1.0))
     data = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 4, 4, 1)
     content = convert.convert(
-        model, "int8", DEFAULT_PREPROCESSING, representative=lambda: iter([[data]])
-    )
+        model, "int8", DEFAULT_PREPROCESSING, outputs=probabilities,
+        representative=lambda: iter([[data]]),
+    )  # fmt: skip
     runner = evaluate.Runner(content, DEFAULT_PREPROCESSING)
-    np.testing.assert_allclose(runner(data), data.reshape(1, 16), atol=2 / 255 + 1e-6)
+    np.testing.assert_allclose(
+        runner(data)["probabilities"], data.reshape(1, 16), atol=2 / 255 + 1e-6
+    )
     batch = np.repeat(data, 3, axis=0)
-    assert runner(batch).shape == (3, 16)
+    assert runner(batch)["probabilities"].shape == (3, 16)
 
 
 @needs_fmnist
@@ -302,9 +319,8 @@ def test_self_check_rejects_a_model_that_disagrees(workdir, tmp_path, monkeypatc
         return original(scrambled, mode, *args, **kwargs)
 
     monkeypatch.setattr(convert, "convert", broken)
-    options = exporter.Options(modes=("float32",), output_dir=str(tmp_path))
     with pytest.raises(UserError, match=r"self-check failed .*float32: failed: max output error"):
-        exporter.export(str(workdir), options, log=lambda *_: None)
+        export(workdir, tmp_path, modes="float32")
     assert not (tmp_path / "model_float32.tflite").exists()
     assert (tmp_path / "model_float32.rejected.tflite").exists()
     report = json.loads((tmp_path / "export_report.json").read_text())
@@ -316,21 +332,24 @@ def test_agreement_is_checked_on_decided_images_and_near_ties_are_not_held_again
     decided = np.tile([[0.8, 0.1, 0.1]], (40, 1)).astype(np.float32)
     tied = np.tile([[0.36, 0.34, 0.30]], (40, 1)).astype(np.float32)
     flipped_ties = tied[:, [1, 0, 2]]  # argmax flips on every near-tie
-    comparison = evaluate.Comparison()
-    comparison.add(flipped_ties, tied, labels)  # 40 near-ties, all flipped
-    comparison.add(decided, decided, labels)  # 40 decided, all kept
-    summary = comparison.summary()
+    task = classification.Classification(base_config(), 3)
+
+    def compared(*pairs):
+        comparison = task.comparison()
+        for outputs, reference in pairs:
+            comparison.add(
+                {"label": labels}, {"probabilities": outputs}, {"probabilities": reference}
+            )
+        return comparison.summary()
+
+    # 40 near-ties, all flipped; 40 decided, all kept.
+    summary = compared((flipped_ties, tied), (decided, decided))
     assert summary["agreement"] == 0.5
     assert summary["decided_examples"] == 40 and summary["decided_agreement"] == 1.0
-    assert exporter._check("int8", summary) == "passed"
-    broken = evaluate.Comparison()
-    broken.add(decided[:, [1, 0, 2]], decided, labels)  # a decided image changes class
-    broken.add(decided, decided, labels)
-    check = exporter._check("int8", broken.summary())
+    assert task.check("int8", summary) == "passed"
+    check = task.check("int8", compared((decided[:, [1, 0, 2]], decided), (decided, decided)))
     assert exporter.check_failed(check) and "0.500 < 0.9 on the 80 images" in check
-    undecided = evaluate.Comparison()
-    undecided.add(flipped_ties, tied, labels)  # a barely trained model: no decided image
-    check = exporter._check("int8", undecided.summary())
+    check = task.check("int8", compared((flipped_ties, tied)))  # a barely trained model
     assert check.startswith("unchecked: only 0 of 40") and not exporter.check_failed(check)
 
 
@@ -373,14 +392,22 @@ def test_bad_input_gives_one_line_errors(workdir, tmp_path):
     config = json.loads((nodata / "config.json").read_text())
     config["data"]["data_dir"] = str(tmp_path / "gone")
     (nodata / "config.json").write_text(json.dumps(config))
-    result = export_cli(f"--workdir={nodata}", "--quantize=int8")
+    result = export_cli(f"--workdir={nodata}", "--config.export.modes=int8")
     assert result.returncode == 2 and last_line(result.stderr).startswith(
         "error: calibration data missing"
     )
 
-    result = export_cli(f"--workdir={workdir}", "--quantize=int4")
+    result = export_cli(f"--workdir={workdir}", "--config.export.modes=int4")
     assert result.returncode == 2
-    assert "unknown quantization mode int4; choose from float32" in last_line(result.stderr)
+    assert "unknown quantization mode int4 in export.modes; choose from float32" in last_line(
+        result.stderr
+    )
+
+    result = export_cli(f"--workdir={workdir}", "--config.export.qat_epoch=2")
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith(
+        "error: unknown config field export.qat_epoch (did you mean export.qat_epochs?)"
+    )
 
     result = export_cli(f"--workdir={tmp_path / 'nowhere'}")
     assert result.returncode == 2 and "does not exist" in last_line(result.stderr)

@@ -41,6 +41,7 @@ def fake_run(name, alpha, top1s, int8_top1, medians):
                           "median_us": median, "p90_us": median * 1.1})  # fmt: skip
     return {
         "workdir": f"/runs/{name}",
+        "task": "classification",
         "config": {"model": "mobilenet_v2", "alpha": alpha, "input_size": 32, "epochs": 2},
         "metrics": metrics,
         "export": export,
@@ -58,7 +59,7 @@ def test_report_is_built_from_the_stage_outputs(tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["rows"] == built["rows"] and len(saved["rows"]) == 4
     row = next(r for r in saved["rows"] if r["run"] == "alpha1.0" and r["mode"] == "int8")
-    assert row["tflite_top1"] == 0.9201 and row["keras_top1"] == 0.9250
+    assert row["top1"] == row["headline"] == 0.9201 and row["keras_top1"] == 0.9250
     assert row["median_us_1t"] == 2500 and row["median_us_2t"] == 1400 and row["macs"] == 10_000_000
     # The Markdown line of that model, cell by cell.
     line = next(ln for ln in md.splitlines() if ln.startswith("| alpha1.0 | model_int8.tflite"))
@@ -101,7 +102,8 @@ def pipeline_cmd(workdir, *extra):
     overrides = [f"--config.{k}={v}" for k, v in LEARNS.items()]
     return [
         sys.executable, "pipeline.py", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
-        "--quantize=float32,int8", "--threads=1", "--num_runs=5", "--warmup_runs=1",
+        "--config.export.modes=float32,int8", "--config.bench.threads=1",
+        "--config.bench.num_runs=5", "--config.bench.warmup_runs=1",
         *overrides, *extra,
     ]  # fmt: skip
 

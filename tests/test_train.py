@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from mnv2_tf.config import base_config
 from mnv2_tf.errors import UserError
 from mnv2_tf.train import trainer
-from mnv2_tf.train.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 
+from mnv2_tf import fileio
 from mnv2_tf.bench.desktop import Timing
 
 COLUMNS = (
@@ -71,8 +73,6 @@ def write_json(timings: list[Timing], path: str, extra: dict | None = None) -> N
 
 
 def write_csv(timings: list[Timing], path: str) -> None:
-    import io
-
     buffer = io.StringIO()
     fields = list(dataclasses.asdict(timings[0])) if timings else ["model"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
@@ -83,27 +83,23 @@ def write_csv(timings: list[Timing], path: str) -> None:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def accuracy_points(timings: list[Timing], report_paths: list[str]) -> list[dict]:
-    """(latency, top-1) of every benchmarked model that an export_report.json measured."""
+    """(latency, headline figure) of every benchmarked model that an export_report.json
+    measured; the figure is the report's `headline` (top-1 for a classifier)."""
     by_path = {}
     for t in timings:
         by_path.setdefault(os.path.realpath(t.model), []).append(t)
     points = []
     for report_path in report_paths:
-        with open(report_path) as f:
-            report = json.load(f)
+        report = fileio.read_json(report_path)
         folder = os.path.dirname(os.path.abspath(report_path))
+        headline = report.get("headline", {"key": "top1", "label": "top-1"})
         for mode, entry in report.get("models", {}).items():
             for t in by_path.get(os.path.realpath(os.path.join(folder, entry["file"])), []):
-                if entry.get("top1") is None:
+                if entry.get(headline["key"]) is None:
                     continue
                 points.append(
                     {
@@ -112,7 +108,8 @@ def accuracy_points(timings: list[Timing], report_paths: list[str]) -> list[dict
                         "threads": t.threads,
                         "target": t.target,
                         "median_us": t.median_us if not math.isnan(t.median_us) else t.mean_us,
-                        "top1": entry["top1"],
+                        "figure": entry[headline["key"]],
+                        "figure_label": headline["label"],
                         "macs": report.get("macs"),
                     }
                 )
@@ -149,16 +146,24 @@ def plot(timings: list[Timing], path: str, points: list[dict] | None = None) -> 
             chosen = [p for p in points if p["threads"] == threads]
             ax.scatter(
                 [p["median_us"] / 1000 for p in chosen],
-                [100 * p["top1"] for p in chosen],
+                [100 * p["figure"] for p in chosen],
                 label=f"{threads} thread(s)",
             )
             for p in chosen:
-                ax.annotate(p["label"], (p["median_us"] / 1000, 100 * p["top1"]), fontsize=7)
+                ax.annotate(p["label"], (p["median_us"] / 1000, 100 * p["figure"]), fontsize=7)
         ax.set_xlabel("median latency (ms)")
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(f"{' / '.join(sorted({p['figure_label'] for p in points}))} (%)")
         ax.set_title("Accuracy vs latency")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+def _atomic_write_bytes(path: str, content: bytes) -> None:
+    folder = os.path.dirname(path)
+    if folder:
+        fileio.makedirs(folder)
+    fileio.write_bytes_atomic(path, content)

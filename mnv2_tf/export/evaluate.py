@@ -1,7 +1,7 @@
 """Runs `.tflite` models with LiteRT on held-out images, side by side with the Keras model.
 
 Every model sees the same batches as the float Keras model; the task compares their named
-outputs (`Task.comparison`), so what is measured (top-1 and agreement, mAP, mIOU, output
+outputs (`Task.comparison`), so what is measured (accuracy and agreement, mAP, mIOU, output
 error) is the task's, on identical inputs. Inputs are quantized with the model's own input
 parameters, as an app would; a raw-pixel (`image_input`) model is fed the de-normalized
 uint8 pixels.

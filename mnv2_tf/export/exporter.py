@@ -4,8 +4,8 @@ For every mode: convert, list the ops (an integer model with a float compute op 
 unless allowed), write the file atomically, then run all files through LiteRT on the eval
 split beside the float Keras model and let the run's task compare them (`Task.comparison`
 and `Task.check`: for classification, float32 within 1e-4 on every output and the other
-modes by top-1 agreement). A file that fails is renamed `*.rejected.tflite` and the export
-fails. The report (`export_report.json` and `.md`) holds size, op histogram, I/O and the
+modes by how often the predicted class agrees). A file that fails is renamed
+`*.rejected.tflite` and the export fails. The report (`export_report.json` and `.md`) holds size, op histogram, I/O and the
 task's figures of each model.
 
 The settings are the config's `export` section: the run's own (saved in its config.json),
@@ -352,7 +352,9 @@ def markdown(report: dict) -> str:
     qat_model = report["models"].get("qat", {})
     if qat_model.get("qat"):
         q, own = qat_model["qat"], qat_model.get("own_keras", {})
-        figures = ", ".join(f"{c.header} {c.format(own.get(c.key))}" for c in columns if c.key in own)
+        figures = ", ".join(
+            f"{c.header} {c.format(own.get(c.key))}" for c in columns if c.key in own
+        )
         lines += [
             "",
             f"QAT fine-tuning: {q['steps']} steps of {q['batch_size']} at lr "

@@ -144,7 +144,7 @@ def plot_training(runs: list[dict], path: str) -> None:
 
 
 def plot_tradeoff(table: list[dict], path: str, threads: int) -> None:
-    """The headline figure (top-1, mAP, mIOU) against latency and against MACs: the paper's
+    """The headline figure (accuracy, mAP, mIOU) against latency and against MACs: the paper's
     trade-off, on this machine."""
     import matplotlib
 

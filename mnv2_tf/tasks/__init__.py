@@ -20,4 +20,13 @@ def get(config, num_classes: int) -> Task:
     return task_class(config.task)(config, num_classes)
 
 
-__all__ = ["TASKS", "Classification", "Column", "Comparison", "Evaluator", "Task", "get", "task_class"]
+__all__ = [
+    "TASKS",
+    "Classification",
+    "Column",
+    "Comparison",
+    "Evaluator",
+    "Task",
+    "get",
+    "task_class",
+]

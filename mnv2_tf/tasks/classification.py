@@ -156,8 +156,7 @@ class Classification(base.Task):
         if mode == "float32":
             if summary["max_abs_error"] > MAX_FLOAT32_ERROR:
                 return (
-                    f"failed: max output error {summary['max_abs_error']:.2g} > "
-                    f"{MAX_FLOAT32_ERROR}"
+                    f"failed: max output error {summary['max_abs_error']:.2g} > {MAX_FLOAT32_ERROR}"
                 )
             return "passed"
         # A QAT model is checked against the Keras model it was converted from: fine-tuning

@@ -297,9 +297,7 @@ def precise_bn(model: tf_keras.Model, batches, strategy) -> int:
     the moving statistics, ON_READ variables, read back as the mean over replicas.
     """
     norms = [
-        layer
-        for layer in model.submodules
-        if isinstance(layer, tf_keras.layers.BatchNormalization)
+        layer for layer in model.submodules if isinstance(layer, tf_keras.layers.BatchNormalization)
     ]
     if not norms:
         return 0
