@@ -25,11 +25,14 @@ import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from absl import app, flags
 
 import common  # benchmarks/common.py: the script's own folder is on sys.path
+from mnv2_tf.config import base_config
 from mnv2_tf.export import exporter
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A full fashion_mnist run.", required=True)
 _OUT = flags.DEFINE_string("out", common.results_path("export_fashion_mnist"), "JSON output.")
-_QAT_EPOCHS = flags.DEFINE_float("qat_epochs", 1.0, "QAT fine-tuning epochs.")
+_QAT_EPOCHS = flags.DEFINE_float(
+    "qat_epochs", base_config().export.qat_epochs, "QAT fine-tuning epochs."
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the models go (default: temp).")
 
 

@@ -4,6 +4,7 @@ path against a stand-in adb, the no-device path against the real adb, and bad in
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -149,9 +150,9 @@ def test_accuracy_points_match_reports_to_models(tiny_tflite, tmp_path):
     (tmp_path / "export_report.json").write_text(
         json.dumps({"models": {"int8": {"file": "model_int8.tflite", "top1": 0.91}}})
     )
-    t = desktop.measure(str(tmp_path / "model_int8.tflite"), num_runs=3, warmup_runs=0)
+    t = desktop.measure(str(tmp_path / "model_int8.tflite"), 1, warmup_runs=0, num_runs=3)
     points = report.accuracy_points([t], [str(tmp_path / "export_report.json")])
-    assert len(points) == 1 and points[0]["top1"] == 0.91 and points[0]["median_us"] > 0
+    assert len(points) == 1 and points[0]["figure"] == 0.91 and points[0]["median_us"] > 0
 
 
 def custom_op_model(tiny_tflite, path):
@@ -177,15 +178,16 @@ def test_bad_models_and_flags(tiny_tflite, tmp_path):
         str(truncated): "LiteRT cannot run",
         str(custom): "Mnv2MissingOp",
     }
-    for path, expected in cases.items():
-        result = run_cli(f"--model={path}", "--num_runs=2")
-        assert result.returncode == 2, (path, result.stderr)
-        assert expected in last_line(result.stderr), (path, last_line(result.stderr))
-        assert last_line(result.stderr).startswith("error: ")
-    result = run_cli(f"--model={tiny_tflite}", "--threads=0")
-    assert result.returncode == 2 and "--threads must be at least 1" in last_line(result.stderr)
-    result = run_cli()
-    assert result.returncode == 2 and "no --model given" in last_line(result.stderr)
+    for path, expected in cases.items():  # in-process: what benchmark.py calls for each model
+        with pytest.raises(UserError) as error:
+            desktop.check_model_file(path)
+            desktop.measure(path, 1, 0, 2)
+        assert expected in str(error.value) and "\n" not in str(error.value), (path, error.value)
+    with pytest.raises(UserError, match="--threads must be at least 1"):
+        desktop.measure(str(tiny_tflite), 0, 0, 2)
+    # Through the CLI once: a one-line error and exit status 2.
+    result = run_cli(f"--model={truncated}", "--num_runs=2")
+    assert result.returncode == 2 and last_line(result.stderr).startswith("error: LiteRT cannot")
 
 
 # --- Android, against the stand-in adb -------------------------------------------------
@@ -278,19 +280,27 @@ def test_android_reads_older_binaries(phone, tiny_tflite, mode, mean, monkeypatc
         ({"FAKE_ADB_PROPS": '{"ro.product.cpu.abi": "x86_64"}'}, [], "device's ABI is x86_64"),
     ],
 )
-def test_android_failures_are_one_line(phone, tiny_tflite, env, args, expected):
-    result = run_cli(
-        "--target=android", f"--benchmark_binary={phone['binary']}", f"--model={tiny_tflite}",
-        *args, env={**phone["env"], **env},
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    line = last_line(result.stderr)
-    assert line.startswith("error: ") and expected in line, line
+def test_android_failures_are_one_line(phone, tiny_tflite, env, args, expected, monkeypatch):
+    for key, value in {**phone["env"], **env}.items():
+        monkeypatch.setenv(key, value)
+    serial = args[0].split("=", 1)[1] if args else None
+    with pytest.raises(UserError) as error:
+        android_measure(phone["binary"], tiny_tflite, serial=serial)
+    line = str(error.value)
+    assert "\n" not in line and expected in line, line
     if "crash" in env.get("FAKE_BENCH_MODE", ""):
         assert "Failed to initialize the interpreter" in line
 
 
-def test_android_binary_checks(phone, tiny_tflite):
+def android_measure(binary, model, serial=None):
+    """What benchmark.py --target=android does for one model, in-process."""
+    options = android.AndroidOptions(benchmark_binary=str(binary), serial=serial)
+    return android.Session(options).measure(str(model), 1, 1, 2)
+
+
+def test_android_binary_checks(phone, tiny_tflite, monkeypatch):
+    for key, value in phone["env"].items():
+        monkeypatch.setenv(key, value)
     wrong = phone["tmp"] / "x86_benchmark_model"
     wrong.write_bytes(X86_64_ELF + b"\x00" * 64)
     script = phone["tmp"] / "script.sh"
@@ -300,22 +310,14 @@ def test_android_binary_checks(phone, tiny_tflite):
         (script, "is not an executable"),
         (phone["tmp"] / "nope", "benchmark binary"),
     ):
-        result = run_cli(
-            "--target=android", f"--benchmark_binary={binary}", f"--model={tiny_tflite}",
-            env=phone["env"],
-        )  # fmt: skip
-        assert result.returncode == 2 and expected in last_line(result.stderr), result.stderr
+        with pytest.raises(UserError, match=re.escape(expected)):
+            android_measure(binary, tiny_tflite)
 
 
-def test_adb_missing(tiny_tflite, tmp_path):
-    python_only = tmp_path / "bin"
-    python_only.mkdir()
-    (python_only / "python3").symlink_to(sys.executable)
-    result = run_cli(
-        "--target=android", "--benchmark_binary=/x", f"--model={tiny_tflite}",
-        env={"PATH": str(python_only)},
-    )  # fmt: skip
-    assert result.returncode == 2 and "adb not found on PATH" in last_line(result.stderr)
+def test_adb_missing(tiny_tflite, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="adb not found on PATH"):
+        android_measure(tmp_path / "b", tiny_tflite)
 
 
 def test_parse_devices_skips_daemon_chatter():

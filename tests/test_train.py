@@ -42,6 +42,7 @@ TINY = {
     "train.ema_decay": 0.99,
     "train.steps_per_loop": 2,
     "train.save_saved_model": False,
+    "train.precise_bn_images": 64,
 }
 
 
@@ -274,7 +275,8 @@ def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
     theirs = keras.get_layer("block_16_project").get_weights()[0]
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.9
 
-    # Another run's workdir works as init_from too.
+    # Another run's workdir works as init_from too: its best/model.h5, head included (same
+    # classes). At a learning rate of ~0 the new run ends where it started.
     config2 = tiny_config(
         **{
             "data.source": "folder",
@@ -284,9 +286,22 @@ def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
             "model.remove_early_strides": 0,
             "train.epochs": 1,
             "train.batch_size": 4,
+            "train.learning_rate": 1e-12,
+            "train.weight_decay": 0.0,
         }
     )
     trainer.train(config2, str(tmp_path / "run2"))
+    best = tf_keras.models.load_model(tmp_path / "run" / "best" / "model.h5", compile=False)
+    again = tf_keras.models.load_model(tmp_path / "run2" / "final" / "model.h5", compile=False)
+    fresh = tf_keras.models.clone_model(best)  # what the same layers hold untrained
+    for name in ("block_16_project", "predictions"):
+        np.testing.assert_allclose(
+            again.get_layer(name).get_weights()[0], best.get_layer(name).get_weights()[0],
+            atol=1e-6,
+        )  # fmt: skip
+        assert not np.allclose(
+            fresh.get_layer(name).get_weights()[0], best.get_layer(name).get_weights()[0]
+        )
 
 
 @needs_fmnist
@@ -371,3 +386,42 @@ def test_two_workers_on_localhost_complete_an_epoch(tmp_path):
     runtime = json.loads((tmp_path / "config.json").read_text())["runtime"]
     assert runtime["strategy"] == "MultiWorkerMirroredStrategy" and runtime["replicas"] == 2
     assert not (tmp_path / ".worker_1").exists()
+
+
+def test_precise_bn_sets_the_mean_of_the_batch_statistics():
+    inputs = tf_keras.Input((4, 4, 2))
+    x = tf_keras.layers.Conv2D(3, 1, use_bias=False, name="conv")(inputs)
+    model = tf_keras.Model(inputs, tf_keras.layers.BatchNormalization(momentum=0.99)(x))
+    norm = model.layers[-1]
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(i, 1 + i, (8, 4, 4, 2)).astype(np.float32)} for i in range(3)]
+    seen = trainer.precise_bn(model, batches, tf.distribute.get_strategy())
+    assert seen == 3 and norm.momentum == 0.99  # restored
+    kernel = model.get_layer("conv").kernel.numpy()[0, 0]
+    features = [b["image"].reshape(-1, 2) @ kernel for b in batches]
+    np.testing.assert_allclose(
+        norm.moving_mean.numpy(), np.mean([f.mean(0) for f in features], 0), rtol=1e-4
+    )
+    # Keras' batch variance is unbiased (n - 1) in its moving average.
+    variances = [f.var(0, ddof=1) for f in features]
+    np.testing.assert_allclose(norm.moving_variance.numpy(), np.mean(variances, 0), rtol=1e-3)
+
+
+@pytest.mark.slow  # two trainings; the default suite checks precise_bn itself, exactly
+@needs_fmnist
+def test_a_short_run_evaluates_near_what_it_learnt(tmp_path):
+    """64 steps at BN momentum 0.99 leave the moving statistics half their initial values:
+    evaluated with them the model sits near chance; precise BN re-estimates them."""
+    common = {
+        "data.max_train_examples": 2048, "train.steps_per_epoch": 32, "train.epochs": 2,
+        "model.bn_momentum": 0.99, "train.ema_decay": 0.0, "data.deterministic": True,
+    }  # fmt: skip
+    stale = trainer.train(
+        tiny_config(**common, **{"train.precise_bn_images": 0}), str(tmp_path / "stale")
+    )
+    precise = trainer.train(
+        tiny_config(**common, **{"train.precise_bn_images": 256}), str(tmp_path / "precise")
+    )
+    assert abs(stale[-1]["train_loss"] - precise[-1]["train_loss"]) < 0.5  # as well trained
+    assert stale[-1]["eval_top1"] < 0.35
+    assert precise[-1]["eval_top1"] > stale[-1]["eval_top1"] + 0.2

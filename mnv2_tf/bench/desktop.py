@@ -142,9 +142,9 @@ def run_worker(path: str, threads: int, warmup: int, runs: int, xnnpack: bool) -
 
 def measure(
     path: str,
-    threads: int = 1,
-    warmup_runs: int = 10,
-    num_runs: int = 50,
+    threads: int,
+    warmup_runs: int,
+    num_runs: int,
     xnnpack: bool = True,
     timeout: float = 3600,
 ) -> Timing:

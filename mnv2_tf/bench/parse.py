@@ -73,6 +73,9 @@ def parse(output: str) -> dict:
             if key in _STAT_KEYS:
                 result[_STAT_KEYS[key]] = value
         result["count"] = int(result["count"])
+        if len(stats) >= 2 and "first" in stats[0]:
+            # The warm-up's stat line comes first: its first run is the first inference.
+            result["first_us"] = stats[0]["first"]
     summary = _NEW_SUMMARY.search(output) or _OLD_SUMMARY.search(output)
     if summary:
         groups = summary.groupdict()
@@ -85,8 +88,6 @@ def parse(output: str) -> dict:
             result["first_us"] = float(groups["first"])
     elif len(stats) >= 2 and "avg" in stats[0]:
         result["warmup_avg_us"] = stats[0]["avg"]
-        if "first" in stats[0]:  # the warm-up's first run is the tool's first inference
-            result["first_us"] = stats[0]["first"]
     if memory := _MEMORY_DELTA.search(output):
         result["memory_init_mb"] = float(memory["init"])
         result["memory_overall_mb"] = float(memory["overall"])
