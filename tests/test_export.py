@@ -313,6 +313,20 @@ def test_runner_quantizes_inputs_with_the_model_parameters():
     assert runner(batch)["probabilities"].shape == (3, 16)
 
 
+def test_runner_feeds_a_fixed_batch_model_in_chunks():
+    inputs = tf_keras.Input((4, 4, 1))
+    model = tf_keras.Model(inputs, tf_keras.layers.Flatten()(inputs * 2.0))
+    content = convert.convert(
+        model, "float32", DEFAULT_PREPROCESSING, outputs=probabilities, batch_size=2
+    )
+    runner = evaluate.Runner(content, DEFAULT_PREPROCESSING)
+    assert list(runner.input["shape_signature"]) == [2, 4, 4, 1]
+    images = np.random.default_rng(0).uniform(-1, 1, (5, 4, 4, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        runner(images)["probabilities"], 2 * images.reshape(5, 16), atol=1e-6
+    )
+
+
 @needs_fmnist
 def test_self_check_rejects_a_model_that_disagrees(workdir, tmp_path, monkeypatch):
     original = convert.convert

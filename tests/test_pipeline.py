@@ -157,3 +157,19 @@ def test_killed_pipeline_resumes_with_one_runs_worth_of_epochs(tmp_path):
     history = json.loads(metrics.read_text())
     assert [m["epoch"] for m in history] == list(range(1, epochs + 1))
     assert (workdir / "report.md").exists()
+
+
+def test_bad_stage_settings_fail_before_training(tmp_path):
+    from mnv2_tf.config import base_config
+
+    for section, field, value, expected in (
+        ("export", "modes", "float32,int4", "unknown quantization mode int4 in export.modes"),
+        ("export", "image_input", "rgb", "export.image_input must be uint8 or empty"),
+        ("bench", "threads", "1,two", "bench.threads: '1,two' is not a comma-separated list"),
+        ("bench", "threads", "0", "bench.threads must be whole numbers >= 1"),
+    ):
+        config = base_config()
+        config[section][field] = value
+        with pytest.raises(UserError, match=expected):
+            stages.run(config, str(tmp_path / "run"))
+        assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -56,24 +56,25 @@ def serving_function(
     preprocessing: Preprocessing,
     image_input: str | None,
     outputs: Outputs,
+    batch_size: int | None = None,
 ) -> tf.types.experimental.ConcreteFunction:
     """The function that becomes the TFLite graph: batch of images -> the task's named
     outputs (`outputs(model, images)`, e.g. `Task.serving_outputs`).
 
     With `image_input` the input holds raw pixels (uint8, or float32 pixel values) and the
-    normalization is part of the graph.
+    normalization is part of the graph. `batch_size` fixes the batch dimension (None: any).
     """
-    size = model.input_shape[1:]
+    size = [batch_size, *model.input_shape[1:]]
     if image_input is None:
 
-        @tf.function(input_signature=[tf.TensorSpec([None, *size], tf.float32, name="input")])
+        @tf.function(input_signature=[tf.TensorSpec(size, tf.float32, name="input")])
         def serve(images):
             return outputs(model, images)
 
     else:
         dtype = tf.uint8 if image_input == "uint8" else tf.float32
 
-        @tf.function(input_signature=[tf.TensorSpec([None, *size], dtype, name="image")])
+        @tf.function(input_signature=[tf.TensorSpec(size, dtype, name="image")])
         def serve(images):
             x = tf.cast(images, tf.float32) * preprocessing.scale + preprocessing.offset
             return outputs(model, x)
@@ -104,6 +105,7 @@ def convert(
     io_type: str = "int8",
     image_input: str | None = None,
     per_tensor: bool = False,
+    batch_size: int | None = None,
 ) -> bytes:
     """Converts `model` (float, or QAT-annotated for "qat") to a TFLite flatbuffer.
 
@@ -122,6 +124,7 @@ def convert(
         channel) and so may the accuracy: a depthwise kernel whose channels differ
         widely in range loses the small ones. QAT models keep the per-channel ranges their
         fake-quant nodes learned.
+      batch_size: a fixed batch dimension (the task's `serving_batch`), or None for any.
     """
     if mode not in MODES:
         raise UserError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
@@ -130,7 +133,7 @@ def convert(
     integer = mode in INTEGER_MODES
     # Integer models fold the normalization into the input's quantization (see above).
     function_input = None if image_input is None or integer else "uint8"
-    function = serving_function(model, preprocessing, function_input, outputs)
+    function = serving_function(model, preprocessing, function_input, outputs, batch_size)
     converter = converter_for(function, model)
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -43,6 +43,7 @@ class Runner:
         self.preprocessing = preprocessing
         self.raw_pixels = raw_pixels
         self.batch = None
+        self.interpreter.allocate_tensors()
         self._details()
 
     def _details(self) -> None:
@@ -85,11 +86,23 @@ class Runner:
         return values.astype(np.float32)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        self._resize(len(images))
+        fixed = int(self.input["shape_signature"][0])
+        if fixed > 0:  # a model of a fixed batch: the images go through in chunks of it
+            chunks = [self._run(images[i : i + fixed]) for i in range(0, len(images), fixed)]
+            return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        return self._run(images)
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        fixed = int(self.input["shape_signature"][0])
+        count = len(images)
+        if fixed > 0 and count < fixed:  # the last chunk: padded, the padding dropped
+            images = np.concatenate([images, np.repeat(images[-1:], fixed - count, 0)])
+        else:
+            self._resize(count)
         self.interpreter.set_tensor(self.input["index"], self.encode(images))
         self.interpreter.invoke()
         return {
-            name: self.decode(self.interpreter.get_tensor(detail["index"]), detail)
+            name: self.decode(self.interpreter.get_tensor(detail["index"]), detail)[:count]
             for name, detail in self.outputs.items()
         }
 

@@ -173,6 +173,7 @@ def export(
             model, mode, run.preprocessing, outputs=task.serving_outputs,
             representative=representative if mode in convert.INTEGER_MODES else None,
             io_type=settings.io_type, image_input=image_input, per_tensor=settings.per_tensor,
+            batch_size=task.serving_batch,
         )  # fmt: skip
         scales = convert.weight_scales(mode, settings.per_tensor)
         if scales:
@@ -232,7 +233,7 @@ def export(
         converter = convert.converter_for(
             convert.serving_function(
                 run.model, run.preprocessing, "float32" if image_input else None,
-                task.serving_outputs,
+                task.serving_outputs, task.serving_batch,
             ),
             run.model,
         )  # fmt: skip
@@ -277,7 +278,7 @@ def _compensate(run, content, info, representative, settings):
     content = convert.convert(
         model, "int8", run.preprocessing, outputs=run.task.serving_outputs,
         representative=representative, io_type=settings.io_type, image_input="uint8",
-        per_tensor=settings.per_tensor,
+        per_tensor=settings.per_tensor, batch_size=run.task.serving_batch,
     )  # fmt: skip
     return content, convert.inspect(content), offset
 

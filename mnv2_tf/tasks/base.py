@@ -92,6 +92,9 @@ class Task:
     train_metric_names: tuple[str, ...] = ()
     # Layers that make up the head: trained alone while the backbone is frozen.
     head_layers: frozenset[str] = frozenset()
+    # The TFLite model's batch dimension: None (any) or fixed (a dilated depthwise convolution
+    # stays one op only at a fixed batch; LiteRT then runs the eval set in chunks of it).
+    serving_batch: int | None = None
     # Columns of the export report and of the pipeline's summary table.
     export_columns: tuple[Column, ...] = ()
     summary_columns: tuple[Column, ...] = ()

@@ -117,9 +117,11 @@ def _check_workdir_matches(workdir: str, resolved: dict) -> None:
     saved = fileio.read_json(os.path.join(workdir, "config.json"))
     if saved is None or not tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")):
         return
-    differences = [
-        f"task: {saved.get('task', 'classification')!r} there, {resolved['task']!r} now"
-    ] * (saved.get("task", "classification") != resolved["task"])
+    differences = []
+    if saved.get("task", "classification") != resolved["task"]:
+        differences.append(
+            f"task: {saved.get('task', 'classification')!r} there, {resolved['task']!r} now"
+        )
     differences += [
         f"model.{k}: {saved['model'].get(k)!r} there, {resolved['model'].get(k)!r} now"
         for k in config_lib.ARCHITECTURE_FIELDS
