@@ -18,7 +18,6 @@ import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 
 # isort: split
 from absl import flags
-from ml_collections import config_flags
 
 from mnv2_tf import cli
 from mnv2_tf import config as config_lib
@@ -26,8 +25,10 @@ from mnv2_tf.export import exporter, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.", required=True)
 # Only the export section can be overridden here: the rest is the run's own.
-_CONFIG = config_flags.DEFINE_config_dict(
-    "config", cli.sections(config_lib.base_config(), "export"), lock_config=True
+_CONFIG = cli.define_config_dict(
+    "config",
+    cli.sections(config_lib.base_config(), "export"),
+    "Export settings to change (--config.export.FIELD=VALUE); the rest is the run's.",
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: <workdir>/export.")
 _WEIGHTS = flags.DEFINE_enum(

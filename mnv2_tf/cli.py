@@ -52,14 +52,17 @@ def _fields(config, prefix: str = "") -> list[str]:
     return names
 
 
-def describe_override_error(argv: list[str], error: Exception, config_flag: str = "config") -> str:
-    """A one-line explanation of a failed `--config.FIELD=VALUE` override."""
+def describe_override_error(
+    argv: list[str], error: Exception, config_flag: str = "config", config=None
+) -> str:
+    """A one-line explanation of a failed `--config.FIELD=VALUE` override (of `config`, or
+    of the config file that `--config=` names)."""
     spec = next(
         (a.split("=", 1)[1] for a in argv if a.startswith(f"--{config_flag}=")),
         None,
     )
     try:
-        config = load_file(spec) if spec else _default_config(config_flag)
+        config = config or (load_file(spec) if spec else _default_config(config_flag))
     except Exception as e:  # the config file itself is broken: say so
         return f"cannot load config file {spec} ({type(e).__name__}: {e})"
     if config is None:
@@ -82,6 +85,17 @@ def describe_override_error(argv: list[str], error: Exception, config_flag: str 
             )
     first_line = str(error).strip().strip("'\"").splitlines()[0] if str(error).strip() else ""
     return f"bad config override ({type(error).__name__}: {first_line})"
+
+
+def define_config_dict(name: str, config: ml_collections.ConfigDict, help_string: str):
+    """`config_flags.DEFINE_config_dict`, whose overrides are parsed from sys.argv as it is
+    defined (at import): a bad `--NAME.FIELD=VALUE` is a one-line error there too."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_dict(name, config, help_string, lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        fail(describe_override_error(sys.argv, e, name, config))
 
 
 def _default_config(config_flag: str):

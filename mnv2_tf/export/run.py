@@ -14,11 +14,13 @@ import os
 import ml_collections
 import tensorflow as tf
 import tf_keras
+from absl import logging
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import fileio, tasks
+from mnv2_tf import data, fileio, tasks
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
+from mnv2_tf.train import precise_bn
 from mnv2_tf.train.ema import EMA
 
 WEIGHTS_CHOICES = ("final", "best", "checkpoint")
@@ -44,8 +46,9 @@ def load(workdir: str, weights: str = "final") -> Run:
     Args:
       workdir: a training workdir.
       weights: "final" (the finished run's model, or the latest checkpoint if training
-        did not finish), "best" (the epoch with the best eval top-1) or "checkpoint" (the
-        latest checkpoint's EMA weights, or its raw weights without EMA).
+        did not finish), "best" (the epoch with the task's best eval metric) or "checkpoint"
+        (the latest checkpoint's EMA weights, or its raw weights without EMA, with BN
+        statistics re-estimated as the trainer does).
     """
     if weights not in WEIGHTS_CHOICES:
         raise UserError(f"unknown --weights={weights}; choose one of {', '.join(WEIGHTS_CHOICES)}")
@@ -82,8 +85,22 @@ def load(workdir: str, weights: str = "final") -> Run:
         raise UserError(f"{workdir} has no best/model.h5; use --weights=final or checkpoint")
     else:
         run.weights_from = _restore_checkpoint(model, workdir, config)
+        _precise_bn(run, model)
     run.model = model
     return run
+
+
+def _precise_bn(run: Run, model: tf_keras.Model) -> None:
+    """A checkpoint's EMA weights with BN statistics re-estimated as the trainer does before
+    it saves a model (`mnv2_tf.train.precise_bn`), on the same images."""
+    try:
+        source = data.load(run.config.data, run.config.data.train_split)
+    except UserError as e:
+        logging.warning("BN statistics of the checkpoint kept as saved (%s)", e)
+        return
+    batches = precise_bn.dataset(run.task, run.preprocessing, source, run.config.train.batch_size)
+    if batches is not None:
+        precise_bn.update(model, batches, tf.distribute.get_strategy())
 
 
 def _restore_checkpoint(model: tf_keras.Model, workdir: str, config) -> str:

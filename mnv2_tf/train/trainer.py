@@ -38,7 +38,7 @@ from absl import logging
 from mnv2_tf import config as config_lib
 from mnv2_tf import data, fileio, models, tasks
 from mnv2_tf.errors import UserError
-from mnv2_tf.train import distribute, optim
+from mnv2_tf.train import distribute, optim, precise_bn
 from mnv2_tf.train.ema import EMA
 
 # --- the run's data and resolved config ----------------------------------------------------
@@ -75,18 +75,7 @@ def _prepare(config, strategy, policy: str) -> _Data:
     eval_ds, _ = task.dataset(
         preprocessing, data_cfg.eval_split, training=False, batch_size=batch, source=eval_source
     )
-    bn_batches = min(
-        math.ceil(train_cfg.precise_bn_images / batch), train_source.num_examples // batch
-    )
-    bn_ds = None
-    if bn_batches > 0:
-        uncached = data_cfg.copy_and_resolve_references()
-        uncached.cache = False  # a partly read cache would warn at every epoch
-        bn_ds, _ = task.dataset(
-            preprocessing, data_cfg.train_split, training=False, batch_size=batch,
-            source=train_source, data_cfg=uncached,
-        )  # fmt: skip
-        bn_ds = bn_ds.take(bn_batches)
+    bn_ds = precise_bn.dataset(task, preprocessing, train_source, batch)
     steps_per_epoch = train_cfg.steps_per_epoch or train_source.num_examples // batch
     if steps_per_epoch < 1:
         raise UserError(
@@ -275,7 +264,12 @@ class _Steps:
             lambda x: _float32(model(x["image"], training=False)), args=(inputs,)
         )
         labels = {k: v for k, v in inputs.items() if k != "image"}
-        return self.strategy.gather(outputs, axis=0), self.strategy.gather(labels, axis=0)
+        # One gather per tensor: gathering a whole dict returned one replica's part of each
+        # value (TF 2.21, MirroredStrategy over logical CPUs).
+        gather = lambda values: tf.nest.map_structure(  # noqa: E731
+            lambda v: self.strategy.gather(v, axis=0), values
+        )
+        return gather(outputs), gather(labels)
 
     def evaluate(self, eval_ds) -> dict[str, float]:
         """The task's metrics over the whole eval set (on every worker alike)."""
@@ -287,34 +281,6 @@ class _Steps:
                 tf.nest.map_structure(np.asarray, outputs),
             )
         return evaluator.result()
-
-
-def precise_bn(model: tf_keras.Model, batches, strategy) -> int:
-    """Sets every BatchNorm's moving statistics to the mean of its batch statistics over
-    `batches` (distributed batches of {"image", ...}); returns how many batches it saw.
-
-    The momentum of batch i (from 0) is i / (i + 1): the moving average then equals the
-    running mean of the batch statistics. Eager calls: BatchNorm reads its momentum at
-    call time. Under a distribution strategy each replica averages its own batches and
-    the moving statistics, ON_READ variables, read back as the mean over replicas.
-    """
-    norms = [
-        layer for layer in model.submodules if isinstance(layer, tf_keras.layers.BatchNormalization)
-    ]
-    if not norms:
-        return 0
-    momenta = [layer.momentum for layer in norms]
-    seen = 0
-    try:
-        for inputs in batches:
-            for layer in norms:
-                layer.momentum = seen / (seen + 1)
-            strategy.run(lambda x: model(x["image"], training=True), args=(inputs,))
-            seen += 1
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer.momentum = momentum
-    return seen
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -380,7 +346,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         Reading distributed BN statistics is a collective: every worker calls this."""
         with ema.swapped() if ema is not None else contextlib.nullcontext():
             if run.bn_ds is not None:
-                precise_bn(model, strategy.experimental_distribute_dataset(run.bn_ds), strategy)
+                precise_bn.update(
+                    model, strategy.experimental_distribute_dataset(run.bn_ds), strategy
+                )
             result = steps.evaluate(run.eval_ds) if evaluate else None
             return [np.asarray(w) for w in model.get_weights()], result
 
