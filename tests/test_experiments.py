@@ -93,6 +93,7 @@ def experiment(module, out, *args, timeout=600):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # four trainings; the summaries and tables are checked above, in-process
 @needs_fmnist
 def test_linear_bottleneck_quick_trains_both_variants_and_writes_its_figure(tmp_path):
     result = experiment("linear_bottleneck", tmp_path)

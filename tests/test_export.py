@@ -70,6 +70,7 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_float32_int8_qat_export(workdir, tmp_path):
     """The default suite's export: the modes the main job uses (every mode: slow test)."""
@@ -87,6 +88,7 @@ def test_float32_int8_qat_export(workdir, tmp_path):
     assert report["models"]["qat"]["qat"]["steps"] == 16  # 0.125 x 4096 images / batch 32
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @pytest.mark.slow
 @needs_fmnist
 def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
@@ -97,6 +99,7 @@ def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
     assert (tmp_path / "quantization_debug.csv").read_text().count("\n") > 30  # every layer
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @pytest.mark.slow
 @needs_fmnist
 def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
@@ -137,6 +140,7 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
     assert errors == sorted(errors, reverse=True)
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
     report = export(
@@ -176,6 +180,7 @@ def weight_scales_per_tensor(path: pathlib.Path) -> int:
     )
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_path):
     """`--per_tensor` through the CLI against the default per-channel int8 of the same run."""
@@ -219,7 +224,9 @@ def test_weight_scales_rule():
     assert converter._experimental_disable_per_channel is True
 
 
-@pytest.mark.parametrize("alpha", [0.35, pytest.param(1.0, marks=pytest.mark.slow)])
+# MobileNetV2 0.35's QAT wrapping and training run in the default suite's export test.
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [0.35, 1.0])
 def test_qat_wraps_mobilenet_v2_as_built(alpha):
     """ReLU6, depthwise, residual Add, dropout: annotated and trained with no error."""
     model = models.build(
@@ -327,6 +334,7 @@ def test_runner_feeds_a_fixed_batch_model_in_chunks():
     )
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_self_check_rejects_a_model_that_disagrees(workdir, tmp_path, monkeypatch):
     original = convert.convert
@@ -370,6 +378,7 @@ def test_agreement_is_checked_on_decided_images_and_near_ties_are_not_held_again
     assert check.startswith("unchecked: only 0 of 40") and not exporter.check_failed(check)
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
     partial = tmp_path / "run"
@@ -384,13 +393,18 @@ def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
     np.testing.assert_allclose(from_checkpoint.model(x), final.model(x), atol=1e-5)
 
 
+@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_bad_input_gives_one_line_errors(workdir, tmp_path):
+    def refused(path, match, **settings):  # in-process: what export_tflite.py prints, one line
+        with pytest.raises(UserError, match=match) as error:
+            exporter.export(str(path), settings, output_dir=str(tmp_path / "out"), log=print)
+        assert "\n" not in str(error.value)
+
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(workdir / "config.json", empty / "config.json")
-    result = export_cli(f"--workdir={empty}")
-    assert result.returncode == 2 and "holds no checkpoint" in last_line(result.stderr)
+    refused(empty, "holds no checkpoint")
 
     other = tmp_path / "other"
     shutil.copytree(workdir, other)
@@ -398,33 +412,23 @@ def test_bad_input_gives_one_line_errors(workdir, tmp_path):
     config["model"]["alpha"] = 0.5
     (other / "config.json").write_text(json.dumps(config))
     for weights in ("final", "checkpoint"):
-        result = export_cli(f"--workdir={other}", f"--weights={weights}")
-        assert result.returncode == 2, result.stderr
-        assert "does not fit the mobilenet_v2 that config.json describes" in last_line(
-            result.stderr
-        )
+        with pytest.raises(UserError, match=r"does not fit the mobilenet_v2 that config\.json"):
+            run_lib.load(str(other), weights)
 
     nodata = tmp_path / "nodata"
     shutil.copytree(workdir, nodata)
     config = json.loads((nodata / "config.json").read_text())
     config["data"]["data_dir"] = str(tmp_path / "gone")
     (nodata / "config.json").write_text(json.dumps(config))
-    result = export_cli(f"--workdir={nodata}", "--config.export.modes=int8")
-    assert result.returncode == 2 and last_line(result.stderr).startswith(
-        "error: calibration data missing"
+    refused(nodata, "^calibration data missing", modes="int8")
+    refused(
+        workdir, "unknown quantization mode int4 in export.modes; choose from float32", modes="int4"
     )
+    refused(tmp_path / "nowhere", "does not exist")
 
-    result = export_cli(f"--workdir={workdir}", "--config.export.modes=int4")
-    assert result.returncode == 2
-    assert "unknown quantization mode int4 in export.modes; choose from float32" in last_line(
-        result.stderr
-    )
-
+    # Through export_tflite.py: one line on stderr, exit status 2.
     result = export_cli(f"--workdir={workdir}", "--config.export.qat_epoch=2")
     assert result.returncode == 2
     assert last_line(result.stderr).startswith(
         "error: unknown config field export.qat_epoch (did you mean export.qat_epochs?)"
     )
-
-    result = export_cli(f"--workdir={tmp_path / 'nowhere'}")
-    assert result.returncode == 2 and "does not exist" in last_line(result.stderr)

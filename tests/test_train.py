@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,9 +74,24 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run (2 epochs, both saved model formats), built once for the tests that read
+    it or train on from a copy of it."""
+    path = tmp_path_factory.mktemp("trained")
+    history = trainer.train(tiny_config(**{"train.save_saved_model": True}), str(path))
+    return path, history
+
+
+def copy_of(trained, tmp_path):
+    shutil.copytree(trained[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
 @needs_fmnist
-def test_tiny_run_writes_every_output(tmp_path):
-    history = trainer.train(tiny_config(**{"train.save_saved_model": True}), str(tmp_path))
+def test_tiny_run_writes_every_output(trained):
+    tmp_path, history = trained
     assert [m["epoch"] for m in history] == [1, 2]
     for name in ("config.json", "labels.txt", "metrics.json", "best/model.h5", "final/model.h5"):
         assert (tmp_path / name).exists(), name
@@ -97,7 +113,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert metrics[0]["eval_examples"] == 100 and metrics[1]["step"] == 8
     assert all(np.isfinite(m["train_loss"]) and 0 <= m["eval_top1"] <= 1 for m in metrics)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model"]["num_classes"] == 10
+    assert config["model"]["num_classes"] == 10 and config["task"] == "classification"
     assert config["preprocessing"]["input_size"] == 32 and config["preprocessing"]["mean"] == 127.5
     assert (tmp_path / "labels.txt").read_text().splitlines()[0] == "T-shirt/top"
     # The saved model is the deployable one: softmax head, EMA weights.
@@ -106,9 +122,10 @@ def test_tiny_run_writes_every_output(tmp_path):
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
 @needs_fmnist
-def test_eval_uses_the_ema_weights(tmp_path):
-    trainer.train(tiny_config(**{"train.epochs": 1}), str(tmp_path))
+def test_eval_uses_the_ema_weights(trained):
+    tmp_path = trained[0]
     final = tf_keras.models.load_model(tmp_path / "final" / "model.h5", compile=False)
     reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
     names = reader.get_variable_to_shape_map()
@@ -120,16 +137,17 @@ def test_eval_uses_the_ema_weights(tmp_path):
     assert not np.allclose(reader.get_tensor(ema_key), reader.get_tensor(model_key))
 
 
+@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
 @needs_fmnist
-def test_rerunning_resumes_and_keeps_one_run_of_metrics(tmp_path):
-    trainer.train(tiny_config(**{"train.epochs": 1}), str(tmp_path))
-    first = json.loads((tmp_path / "metrics.json").read_text())
-    history = trainer.train(tiny_config(**{"train.epochs": 3}), str(tmp_path))
+def test_rerunning_resumes_and_keeps_one_run_of_metrics(trained, tmp_path):
+    run = copy_of(trained, tmp_path)
+    first = json.loads((run / "metrics.json").read_text())
+    history = trainer.train(tiny_config(**{"train.epochs": 3}), str(run))
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    assert history[0] == first[0]
+    assert history[:2] == first
     assert [m["step"] for m in history] == [4, 8, 12]
     # Nothing left to do: a third run changes nothing.
-    again = trainer.train(tiny_config(**{"train.epochs": 3}), str(tmp_path))
+    again = trainer.train(tiny_config(**{"train.epochs": 3}), str(run))
     assert again == history
 
 
@@ -169,23 +187,23 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 60)]
 
 
+@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
 @needs_fmnist
-def test_a_workdir_of_another_model_is_refused(tmp_path):
-    trainer.train(tiny_config(**{"train.epochs": 1}), str(tmp_path))
+def test_a_workdir_of_another_model_is_refused(trained, tmp_path):
+    run = copy_of(trained, tmp_path)
     with pytest.raises(UserError, match=r"another model \(model.alpha: 0.35 there, 0.5 now\)"):
-        trainer.train(tiny_config(**{"model.alpha": 0.5}), str(tmp_path))
+        trainer.train(tiny_config(**{"model.alpha": 0.5}), str(run))
 
 
+@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
 @needs_fmnist
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer.train(tiny_config(**{"train.epochs": 1}), str(tmp_path))
-    good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
+    run = copy_of(trained, tmp_path)
+    good = tf.train.latest_checkpoint(str(run / "checkpoints"))
     with pytest.raises(UserError, match="loss became nan"):
-        trainer.train(
-            tiny_config(**{"train.epochs": 2, "train.learning_rate": 1e30}), str(tmp_path)
-        )
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == good
-    assert len(json.loads((tmp_path / "metrics.json").read_text())) == 1
+        trainer.train(tiny_config(**{"train.epochs": 3, "train.learning_rate": 1e30}), str(run))
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")) == good
+    assert len(json.loads((run / "metrics.json").read_text())) == 2
 
 
 def test_bad_input_is_one_line_and_non_zero(tmp_path):
@@ -246,6 +264,7 @@ def test_a_folder_with_a_corrupt_jpeg_trains_to_the_end(tmp_path, capsys):
     assert metrics[-1]["eval_examples"] == 12
 
 
+@pytest.mark.slow  # two 96 px runs
 def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
     keras = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None)
     weights = tmp_path / "imagenet.h5"
@@ -301,7 +320,9 @@ def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize(
+    "policy", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)]
+)
 def test_mixed_precision_trains_on_cpu(tmp_path, policy):
     # bfloat16 is the TPU path, float16 (with loss scaling) the GPU path; both run on a CPU.
     history = trainer.train(
@@ -314,6 +335,7 @@ def test_mixed_precision_trains_on_cpu(tmp_path, policy):
     assert final.get_layer("Conv1").dtype_policy.name == "float32"  # deployable as float32
 
 
+@pytest.mark.slow  # two runs in subprocesses (logical devices need a fresh process)
 @needs_fmnist
 def test_mirrored_over_two_cpu_devices_matches_one_device(tmp_path):
     common = (
@@ -347,6 +369,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two workers in subprocesses
 @needs_fmnist
 def test_two_workers_on_localhost_complete_an_epoch(tmp_path):
     ports = [_free_port(), _free_port()]

@@ -302,17 +302,24 @@ class _Progress:
             self.bar.update(step_in_epoch, [("loss", loss), *figures.items()])
 
 
-def inference_model(task: tasks.Task, weights: list[np.ndarray]) -> tf_keras.Model:
-    """The deployable model: the task's inference model, float32, with `weights`."""
-    with tf.distribute.get_strategy().scope():
-        policy = tf_keras.mixed_precision.global_policy()
-        tf_keras.mixed_precision.set_global_policy("float32")
-        try:
-            model = task.build_inference_model()
-        finally:
-            tf_keras.mixed_precision.set_global_policy(policy)
-    model.set_weights(weights)
-    return model
+class _InferenceModel:
+    """The deployable model (the task's inference model, float32), built once per run and
+    given the weights of each model to save."""
+
+    def __init__(self, task: tasks.Task):
+        self.task, self.model = task, None
+
+    def __call__(self, weights: list[np.ndarray]) -> tf_keras.Model:
+        if self.model is None:
+            with tf.distribute.get_strategy().scope():
+                policy = tf_keras.mixed_precision.global_policy()
+                tf_keras.mixed_precision.set_global_policy("float32")
+                try:
+                    self.model = self.task.build_inference_model()
+                finally:
+                    tf_keras.mixed_precision.set_global_policy(policy)
+        self.model.set_weights(weights)
+        return self.model
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -339,6 +346,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     state = _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir)
     model, ema, step, manager = state.model, state.ema, state.step, state.manager
     steps = _Steps(config, task, state, strategy, policy)
+    inference_model = _InferenceModel(task)
 
     def averaged_weights(evaluate: bool = True) -> tuple[list[np.ndarray], dict | None]:
         """The weights evaluation and export use: the EMA's where there is one, with BN
@@ -401,7 +409,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             if chief:
                 fileio.makedirs(os.path.join(workdir, "best"))
                 fileio.save_h5_atomic(
-                    inference_model(task, weights), os.path.join(workdir, "best", "model.h5")
+                    inference_model(weights), os.path.join(workdir, "best", "model.h5")
                 )
         metrics.update(
             images_per_sec=sum(chunks) * train_cfg.batch_size / train_time if train_time else 0.0,
@@ -424,7 +432,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     if weights is None:  # nothing left to train: the finished run's models again
         weights, _ = averaged_weights(evaluate=False)
     if chief:
-        _write_final(task, weights, workdir, train_cfg.save_saved_model)
+        _write_final(inference_model, weights, workdir, train_cfg.save_saved_model)
     else:
         tf.io.gfile.rmtree(outdir)
     return history
@@ -456,17 +464,17 @@ def _log_epoch(metrics: dict, epochs: int) -> None:
     )
 
 
-def _write_final(task: tasks.Task, weights: list[np.ndarray], workdir: str, saved_model: bool):
+def _write_final(inference_model: _InferenceModel, weights, workdir: str, saved_model: bool):
     """final/ and best/: model.h5 and saved_model/ with the weights export will use."""
-    final = inference_model(task, weights)
     final_dir = os.path.join(workdir, "final")
     fileio.makedirs(final_dir)
-    fileio.save_h5_atomic(final, os.path.join(final_dir, "model.h5"))
+    fileio.save_h5_atomic(inference_model(weights), os.path.join(final_dir, "model.h5"))
     if not saved_model:
         return
-    fileio.save_saved_model_atomic(final, os.path.join(final_dir, "saved_model"))
+    fileio.save_saved_model_atomic(inference_model.model, os.path.join(final_dir, "saved_model"))
     best_h5 = os.path.join(workdir, "best", "model.h5")
     if fileio.exists(best_h5):
-        best = inference_model(task, weights)
-        best.load_weights(fileio.local_copy(best_h5))
-        fileio.save_saved_model_atomic(best, os.path.join(workdir, "best", "saved_model"))
+        inference_model.model.load_weights(fileio.local_copy(best_h5))
+        fileio.save_saved_model_atomic(
+            inference_model.model, os.path.join(workdir, "best", "saved_model")
+        )
