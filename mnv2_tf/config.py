@@ -32,6 +32,7 @@ ARCHITECTURE_FIELDS = (
     "output_stride",
     "remove_early_strides",
     "atrous",
+    "blocks",
 )
 
 
@@ -56,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.remove_early_strides = 0
     # Past output_stride: dilate (True, DeepLab) or plainly drop the strides (False).
     config.model.atrous = True
+    # MobileNetV2's rows (t, c, n, s) of Table 2; empty: the paper's. A tiny table serves the
+    # tests of the training machinery: --config.model.blocks="((1,16,1,1),(6,24,2,2))".
+    config.model.blocks = ()
     config.model.crop_fraction = Preprocessing.crop_fraction
     # Keras ImageNet .h5 (path or URL) or another run's workdir; the head is replaced when
     # the number of classes differs.
@@ -204,14 +208,26 @@ def model_kwargs(model_cfg, num_classes: int) -> dict:
         bn_momentum=model_cfg.bn_momentum,
         bn_epsilon=model_cfg.bn_epsilon,
     )
+    blocks = model_cfg.get("blocks") or ()
     if model_cfg.name == "mobilenet_v2":
         kwargs.update(
             expansion=model_cfg.expansion,
             linear_bottleneck=model_cfg.linear_bottleneck,
             shortcut=model_cfg.shortcut,
         )
+        if blocks:
+            try:
+                kwargs["block_specs"] = tuple(
+                    models.BlockSpec(float(t), int(c), int(n), int(s)) for t, c, n, s in blocks
+                )
+            except (TypeError, ValueError) as e:
+                raise UserError(
+                    f"model.blocks must be rows (t, c, n, s) of numbers, got {blocks!r}"
+                ) from e
     elif model_cfg.name != "mobilenet_v1":
         raise UserError(f"unknown model.name {model_cfg.name!r}; use mobilenet_v2 or mobilenet_v1")
+    elif blocks:
+        raise UserError("model.blocks is MobileNetV2's table; leave it empty for mobilenet_v1")
     return kwargs
 
 

@@ -36,7 +36,7 @@ def export(workdir, out, **settings):
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: not rebuilt when a worker moves between modules
 def workdir(tmp_path_factory):
     """A tiny Fashion-MNIST run, trained far enough that its predictions are not a coin toss."""
     path = tmp_path_factory.mktemp("run")
@@ -53,6 +53,7 @@ def workdir(tmp_path_factory):
             # A reproducible fixture: the agreement the per-tensor test checks does not move
             # with the order a parallel map delivered the images in.
             "data.deterministic": True,
+            "model.blocks": (),  # the paper's network: quantization is checked on it
         }
     )
     trainer.train(config, str(path))

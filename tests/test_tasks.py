@@ -141,6 +141,7 @@ def test_a_second_task_trains_exports_and_self_checks_through_the_seam(tmp_path,
             "train.epochs": 2,
             "model.output_stride": STRIDE,
             "model.atrous": False,
+            "model.blocks": (),
         }
     )
     with config.unlocked():

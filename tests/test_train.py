@@ -25,8 +25,12 @@ needs_fmnist = pytest.mark.skipif(
     not os.path.isdir(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist"
 )
 
-# A tiny run on Fashion-MNIST: 32 px, alpha 0.35, a few steps.
+# A tiny run on Fashion-MNIST: 32 px, alpha 0.35, a few steps, and a tiny table of
+# inverted residual blocks (2.4x faster to build and trace than the paper's 17 blocks): the
+# trainer's machinery does not depend on the depth. Tests that check what the paper's
+# network does pass "model.blocks": () (the full table).
 TINY = {
+    "model.blocks": ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2)),
     "model.alpha": 0.35,
     "model.input_size": 32,
     "model.remove_early_strides": 1,
@@ -74,7 +78,7 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: not rebuilt when a worker moves between modules
 def trained(tmp_path_factory):
     """One tiny run (2 epochs, both saved model formats), built once for the tests that read
     it or train on from a copy of it."""
@@ -278,6 +282,7 @@ def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
             "data.augment": "inception",
             "model.init_from": str(weights),
             "model.remove_early_strides": 0,
+            "model.blocks": (),  # Keras' network: its weights load by name
             "train.freeze_backbone_epochs": 1,
             "train.batch_size": 4,
         }
@@ -299,6 +304,7 @@ def test_finetune_from_keras_weights_replaces_the_head(tmp_path):
             "data.eval_split": "val",
             "model.init_from": str(tmp_path / "run"),
             "model.remove_early_strides": 0,
+            "model.blocks": (),
             "train.epochs": 1,
             "train.batch_size": 4,
             "train.learning_rate": 1e-12,
@@ -434,6 +440,7 @@ def test_a_short_run_evaluates_near_what_it_learnt(tmp_path):
     common = {
         "data.max_train_examples": 2048, "train.steps_per_epoch": 32, "train.epochs": 2,
         "model.bn_momentum": 0.99, "train.ema_decay": 0.0, "data.deterministic": True,
+        "model.blocks": (),
     }  # fmt: skip
     stale = trainer.train(
         tiny_config(**common, **{"train.precise_bn_images": 0}), str(tmp_path / "stale")
