@@ -71,7 +71,7 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_float32_int8_qat_export(workdir, tmp_path):
     """The default suite's export: the modes the main job uses (every mode: slow test)."""
@@ -89,7 +89,7 @@ def test_float32_int8_qat_export(workdir, tmp_path):
     assert report["models"]["qat"]["qat"]["steps"] == 16  # 0.125 x 4096 images / batch 32
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @pytest.mark.slow
 @needs_fmnist
 def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
@@ -100,7 +100,7 @@ def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
     assert (tmp_path / "quantization_debug.csv").read_text().count("\n") > 30  # every layer
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @pytest.mark.slow
 @needs_fmnist
 def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
@@ -141,7 +141,7 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
     assert errors == sorted(errors, reverse=True)
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
     report = export(
@@ -181,7 +181,7 @@ def weight_scales_per_tensor(path: pathlib.Path) -> int:
     )
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_path):
     """`--per_tensor` through the CLI against the default per-channel int8 of the same run."""
@@ -248,7 +248,7 @@ def test_qat_wraps_mobilenet_v2_as_built(alpha):
         # MobileNetV2 0.35's QAT conversion runs in the default suite's export test.
         pytest.param("mobilenet_v2", 0.35, marks=pytest.mark.slow),
         pytest.param("mobilenet_v2", 1.0, marks=pytest.mark.slow),
-        ("mobilenet_v1", 0.25),
+        pytest.param("mobilenet_v1", 0.25, marks=pytest.mark.slow),
     ],
 )
 def test_qat_wraps_our_models_and_converts_to_int8(name, alpha):
@@ -335,7 +335,7 @@ def test_runner_feeds_a_fixed_batch_model_in_chunks():
     )
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_self_check_rejects_a_model_that_disagrees(workdir, tmp_path, monkeypatch):
     original = convert.convert
@@ -379,7 +379,7 @@ def test_agreement_is_checked_on_decided_images_and_near_ties_are_not_held_again
     assert check.startswith("unchecked: only 0 of 40") and not exporter.check_failed(check)
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
     partial = tmp_path / "run"
@@ -394,7 +394,7 @@ def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
     np.testing.assert_allclose(from_checkpoint.model(x), final.model(x), atol=1e-5)
 
 
-@pytest.mark.xdist_group("export_run")  # shares the module's trained workdir
+@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_bad_input_gives_one_line_errors(workdir, tmp_path):
     def refused(path, match, **settings):  # in-process: what export_tflite.py prints, one line

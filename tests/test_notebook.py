@@ -4,6 +4,7 @@ import os
 import pathlib
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.test_train import needs_fmnist
@@ -12,6 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "colab_quickstart.ipynb"
 
 
+@pytest.mark.slow  # a kernel running every stage; tests/test_pipeline.py covers the stages
 @needs_fmnist
 def test_colab_quickstart_runs_offline(tmp_path, monkeypatch):
     workdir = tmp_path / "nb_run"

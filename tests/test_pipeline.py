@@ -90,7 +90,6 @@ def test_sweep_grid():
 # everywhere fails the export's self-check, as it should).
 LEARNS = {
     **TINY,
-    "model.blocks": (),  # the paper's network, as the main job
     "data.max_train_examples": 2048,
     "train.steps_per_epoch": 20,
     "train.learning_rate": 0.05,

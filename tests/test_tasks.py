@@ -141,7 +141,7 @@ def test_a_second_task_trains_exports_and_self_checks_through_the_seam(tmp_path,
             "train.epochs": 2,
             "model.output_stride": STRIDE,
             "model.atrous": False,
-            "model.blocks": (),
+            "model.blocks": ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 1, 2)),
         }
     )
     with config.unlocked():

@@ -92,7 +92,7 @@ def copy_of(trained, tmp_path):
     return tmp_path / "run"
 
 
-@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
+@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_tiny_run_writes_every_output(trained):
     tmp_path, history = trained
@@ -126,7 +126,7 @@ def test_tiny_run_writes_every_output(trained):
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
+@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_eval_uses_the_ema_weights(trained):
     tmp_path = trained[0]
@@ -141,7 +141,7 @@ def test_eval_uses_the_ema_weights(trained):
     assert not np.allclose(reader.get_tensor(ema_key), reader.get_tensor(model_key))
 
 
-@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
+@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_rerunning_resumes_and_keeps_one_run_of_metrics(trained, tmp_path):
     run = copy_of(trained, tmp_path)
@@ -191,7 +191,7 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 60)]
 
 
-@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
+@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_a_workdir_of_another_model_is_refused(trained, tmp_path):
     run = copy_of(trained, tmp_path)
@@ -199,7 +199,7 @@ def test_a_workdir_of_another_model_is_refused(trained, tmp_path):
         trainer.train(tiny_config(**{"model.alpha": 0.5}), str(run))
 
 
-@pytest.mark.xdist_group("train_run")  # shares the module's trained trained
+@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
     run = copy_of(trained, tmp_path)
@@ -230,7 +230,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
         trainer.train(tiny_config(**folder), str(tmp_path / "c"))
 
     with pytest.raises(UserError, match=r"^config model section: input size must be at least"):
-        trainer.train(tiny_config(**{"model.input_size": 4}), str(tmp_path / "d"))
+        trainer.train(tiny_config(**{"model.input_size": 2}), str(tmp_path / "d"))
 
 
 def _photo_folder(root, corrupt: bool):

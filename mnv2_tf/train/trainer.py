@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -106,6 +107,7 @@ def _check_workdir_matches(workdir: str, resolved: dict) -> None:
     saved = fileio.read_json(os.path.join(workdir, "config.json"))
     if saved is None or not tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")):
         return
+    resolved = json.loads(json.dumps(resolved))  # as saved: tuples become lists
     differences = []
     if saved.get("task", "classification") != resolved["task"]:
         differences.append(
