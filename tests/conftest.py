@@ -3,7 +3,10 @@
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
+import fcntl
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -60,3 +63,27 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and _skipped and exitstatus == 0:
         session.exitstatus = 1
+
+
+# --- fixtures built once per test session, whichever worker asks first ------------------------
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """A folder `build(folder)` fills once per session and every pytest-xdist worker then
+    reads (tests that change it work on a copy). The first worker to ask builds it under a
+    file lock while the other waits, instead of both training the same run."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's
+    folder, done = root / f"shared_{name}", root / f"shared_{name}.done"
+    with open(root / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                if folder.exists():
+                    shutil.rmtree(folder)
+                folder.mkdir()
+                build(folder)
+                done.write_text("")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder

@@ -20,6 +20,7 @@ from mnv2_tf.export import run as run_lib
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
 from mnv2_tf.tasks import classification
 from mnv2_tf.train import trainer
+from tests.conftest import built_once
 from tests.test_train import needs_fmnist, tiny_config
 
 
@@ -36,10 +37,10 @@ def export(workdir, out, **settings):
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")  # session: not rebuilt when a worker moves between modules
+@pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
-    """A tiny Fashion-MNIST run, trained far enough that its predictions are not a coin toss."""
-    path = tmp_path_factory.mktemp("run")
+    """A tiny Fashion-MNIST run, trained far enough that its predictions are not a coin toss
+    (built once per session; tests that change it copy it)."""
     config = tiny_config(
         **{
             "data.max_train_examples": 4096,
@@ -56,8 +57,7 @@ def workdir(tmp_path_factory):
             "model.blocks": (),  # the paper's network: quantization is checked on it
         }
     )
-    trainer.train(config, str(path))
-    return path
+    return built_once(tmp_path_factory, "export_run", lambda path: trainer.train(config, str(path)))
 
 
 def export_cli(*args):
@@ -71,7 +71,6 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_float32_int8_qat_export(workdir, tmp_path):
     """The default suite's export: the modes the main job uses (every mode: slow test)."""
@@ -89,7 +88,6 @@ def test_float32_int8_qat_export(workdir, tmp_path):
     assert report["models"]["qat"]["qat"]["steps"] == 16  # 0.125 x 4096 images / batch 32
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @pytest.mark.slow
 @needs_fmnist
 def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
@@ -100,7 +98,6 @@ def test_quantization_debugger_ranks_layers_by_error(workdir, tmp_path):
     assert (tmp_path / "quantization_debug.csv").read_text().count("\n") > 30  # every layer
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @pytest.mark.slow
 @needs_fmnist
 def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
@@ -141,7 +138,6 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
     assert errors == sorted(errors, reverse=True)
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
     report = export(
@@ -181,7 +177,6 @@ def weight_scales_per_tensor(path: pathlib.Path) -> int:
     )
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_path):
     """`--per_tensor` through the CLI against the default per-channel int8 of the same run."""
@@ -335,7 +330,6 @@ def test_runner_feeds_a_fixed_batch_model_in_chunks():
     )
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_self_check_rejects_a_model_that_disagrees(workdir, tmp_path, monkeypatch):
     original = convert.convert
@@ -379,7 +373,6 @@ def test_agreement_is_checked_on_decided_images_and_near_ties_are_not_held_again
     assert check.startswith("unchecked: only 0 of 40") and not exporter.check_failed(check)
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
     partial = tmp_path / "run"
@@ -394,7 +387,6 @@ def test_export_reads_an_interrupted_run_from_its_checkpoint(workdir, tmp_path):
     np.testing.assert_allclose(from_checkpoint.model(x), final.model(x), atol=1e-5)
 
 
-@pytest.mark.xdist_group(name="export_run")  # shares the module's trained workdir
 @needs_fmnist
 def test_bad_input_gives_one_line_errors(workdir, tmp_path):
     def refused(path, match, **settings):  # in-process: what export_tflite.py prints, one line

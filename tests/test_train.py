@@ -18,6 +18,7 @@ import tf_keras
 from mnv2_tf.config import base_config
 from mnv2_tf.errors import UserError
 from mnv2_tf.train import precise_bn, trainer
+from tests.conftest import built_once
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -78,13 +79,18 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")  # session: not rebuilt when a worker moves between modules
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """One tiny run (2 epochs, both saved model formats), built once for the tests that read
-    it or train on from a copy of it."""
-    path = tmp_path_factory.mktemp("trained")
-    history = trainer.train(tiny_config(**{"train.save_saved_model": True}), str(path))
-    return path, history
+    """One tiny run (2 epochs, both saved model formats), built once per session for the
+    tests that read it or train on from a copy of it: (workdir, metrics)."""
+    config = tiny_config(**{"train.save_saved_model": True})
+
+    def build(path):  # train() returns the history it also writes: keep both to compare
+        history = trainer.train(config, str(path))
+        (path.parent / "trained_history.json").write_text(json.dumps(history))
+
+    path = built_once(tmp_path_factory, "trained", build)
+    return path, json.loads((path.parent / "trained_history.json").read_text())
 
 
 def copy_of(trained, tmp_path):
@@ -92,7 +98,6 @@ def copy_of(trained, tmp_path):
     return tmp_path / "run"
 
 
-@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_tiny_run_writes_every_output(trained):
     tmp_path, history = trained
@@ -126,7 +131,6 @@ def test_tiny_run_writes_every_output(trained):
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_eval_uses_the_ema_weights(trained):
     tmp_path = trained[0]
@@ -141,7 +145,6 @@ def test_eval_uses_the_ema_weights(trained):
     assert not np.allclose(reader.get_tensor(ema_key), reader.get_tensor(model_key))
 
 
-@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_rerunning_resumes_and_keeps_one_run_of_metrics(trained, tmp_path):
     run = copy_of(trained, tmp_path)
@@ -191,7 +194,6 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 60)]
 
 
-@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_a_workdir_of_another_model_is_refused(trained, tmp_path):
     run = copy_of(trained, tmp_path)
@@ -199,7 +201,6 @@ def test_a_workdir_of_another_model_is_refused(trained, tmp_path):
         trainer.train(tiny_config(**{"model.alpha": 0.5}), str(run))
 
 
-@pytest.mark.xdist_group(name="train_run")  # shares the module's trained trained
 @needs_fmnist
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
     run = copy_of(trained, tmp_path)
