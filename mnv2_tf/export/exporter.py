@@ -5,8 +5,8 @@ unless allowed), write the file atomically, then run all files through LiteRT on
 split beside the float Keras model and let the run's task compare them (`Task.comparison`
 and `Task.check`: for classification, float32 within 1e-4 on every output and the other
 modes by how often the predicted class agrees). A file that fails is renamed
-`*.rejected.tflite` and the export fails. The report (`export_report.json` and `.md`) holds size, op histogram, I/O and the
-task's figures of each model.
+`*.rejected.tflite` and the export fails. The report (`export_report.json` and `.md`) holds
+size, op histogram, I/O and the task's figures of each model.
 
 The settings are the config's `export` section: the run's own (saved in its config.json),
 with the caller's overrides on top (`--config.export.FIELD=VALUE`).

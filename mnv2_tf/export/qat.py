@@ -1,11 +1,11 @@
 """Quantization-aware fine-tuning with tensorflow-model-optimization.
 
-`quantize_model` annotates every layer of the trained float model (the task's inference model) and applies
-the default 8-bit scheme: fake-quantization of weights (per channel) and activations,
-batch norm folded into the preceding convolution, ReLU6 fused. A short fine-tune at a low
-learning rate on the training split (with the training augmentation, and the task's loss
-on the inference model's outputs) then lets the weights adapt to int8 rounding; the result
-converts to a full-integer model without calibration.
+`quantize_model` annotates every layer of the trained float model (the task's inference
+model) and applies the default 8-bit scheme: fake-quantization of weights (per channel) and
+activations, batch norm folded into the preceding convolution, ReLU6 fused. A short
+fine-tune at a low learning rate on the training split (with the training augmentation, and
+the task's loss on the inference model's outputs) then lets the weights adapt to int8
+rounding; the result converts to a full-integer model without calibration.
 """
 
 from __future__ import annotations
