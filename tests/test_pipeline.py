@@ -139,6 +139,11 @@ def test_pipeline_runs_every_stage_and_skips_them_when_run_again(tmp_path):
         assert f"{stage} {workdir}: done, skipped" in lines, lines
     # Nothing was redone, so the report holds the same figures.
     assert json.loads((workdir / "report.json").read_text())["rows"] == first_rows
+    # A changed export setting redoes the export.
+    config.export.calibration_steps = 3
+    lines.clear()
+    stages.stage_export(config, str(workdir), log=lines.append)
+    assert f"[export] {workdir}: float32,int8" in lines, lines
     assert len(json.loads((workdir / "metrics.json").read_text())) == LEARNS["train.epochs"]
 
 

@@ -98,8 +98,9 @@ def stage_export(config, workdir: str, log=print) -> dict:
     weights = os.path.join(workdir, "final", "model.h5")
     if (
         done
+        # Any changed setting (modes, io_type, image_input, qat_epochs, ...) redoes the export.
+        and all(done.get("options", {}).get(k) == v for k, v in settings.to_dict().items())
         and set(exporter.modes_of(settings)) <= set(done.get("models", {}))
-        and done.get("options", {}).get("per_tensor", False) == settings.per_tensor
         and not any(
             exporter.check_failed(m.get("check", "failed")) for m in done["models"].values()
         )
