@@ -9,6 +9,7 @@ write leaves the previous file (or none), never half of one.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -45,9 +46,14 @@ def read_json(path: str, default=None):
         return json.load(f)
 
 
-def read_text(path: str) -> str:
-    with tf.io.gfile.GFile(path) as f:
-        return f.read()
+def png_bytes(fig, dpi: int) -> bytes:
+    """A matplotlib figure rendered as PNG (and closed), for the atomic writes above."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def exists(path: str) -> bool:

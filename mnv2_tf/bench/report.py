@@ -156,10 +156,7 @@ def plot(timings: list[Timing], path: str, points: list[dict] | None = None) -> 
         ax.set_title("Accuracy vs latency")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
+    _atomic_write_bytes(path, fileio.png_bytes(fig, dpi=120))
 
 
 def _atomic_write_bytes(path: str, content: bytes) -> None:

@@ -8,7 +8,6 @@ What a run's task measures (its columns, its headline figure, the metric that pi
 
 from __future__ import annotations
 
-import io
 import math
 import os
 
@@ -48,16 +47,6 @@ def rows(runs: list[dict]) -> list[dict]:
                 row[f"{prefix}p90_us_{timing['threads']}t"] = timing["p90_us"]
             table.append(row)
     return table
-
-
-def _save(fig, path: str) -> None:
-    """A matplotlib figure as PNG, through the file I/O (gs:// and Drive workdirs too)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    fileio.write_bytes_atomic(path, buffer.getvalue())
 
 
 def _ms(value) -> str:
@@ -140,7 +129,7 @@ def plot_training(runs: list[dict], path: str) -> None:
     metric_ax.set_ylabel(f"eval {' / '.join(sorted(labels))} (%)")
     metric_ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    fileio.write_bytes_atomic(path, fileio.png_bytes(fig, dpi=110))
 
 
 def plot_tradeoff(table: list[dict], path: str, threads: int) -> None:
@@ -173,7 +162,7 @@ def plot_tradeoff(table: list[dict], path: str, threads: int) -> None:
         ax.set_ylabel(f"{' / '.join(names)} (%), TFLite")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    fileio.write_bytes_atomic(path, fileio.png_bytes(fig, dpi=110))
 
 
 def write(runs: list[dict], folder: str) -> dict:
