@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.init_from = config_dict.placeholder(str)
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "idx"  # "idx" | "folder" | "tfds"
+    # Classification: "idx" | "folder" | "tfds"; detection: "coco" | "voc" | "tfds".
+    config.data.source = "idx"
     config.data.name = config_dict.placeholder(str)  # TFDS name
     config.data.data_dir = config_dict.placeholder(
         str
@@ -84,6 +85,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.random_erasing = 0.0
     config.data.class_names = ()
     config.data.deterministic = False  # True: a reproducible element order (slower map)
+    # Detection: data_dir is <folder>/coco of `python -m mnv2_tf.data.synthetic --out=<folder>`,
+    # written there first if it is missing (the offline Fashion-MNIST composites).
+    config.data.synthetic = False
+
+    # SSD / SSDLite (config.task = "detection"); see mnv2_tf/models/ssdlite.py.
+    config.detection = ml_collections.ConfigDict()
+    config.detection.head = "ssdlite"  # "ssdlite" (depthwise-separable) | "ssd" (regular 3x3)
+    config.detection.loss = "focal"  # "focal" (sigmoid) | "softmax" (3:1 hard negatives)
+    config.detection.min_depth = 16  # of the extra feature layers
+    config.detection.min_scale = 0.2  # anchor scales of the first and last feature map
+    config.detection.max_scale = 0.95
+    config.detection.max_boxes = 100  # boxes per image kept from the labels
+    config.detection.max_detections = 100  # the post-process op's output rows
+    config.detection.score_threshold = 1e-8
+    config.detection.iou_threshold = 0.6  # NMS
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10

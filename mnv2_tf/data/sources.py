@@ -47,6 +47,7 @@ class Source:
     encoded: bool  # "image" holds JPEG/PNG/... bytes
     image_shape: tuple[int | None, int | None, int | None]  # of decoded images, where known
     skipped: list[str] = dataclasses.field(default_factory=list)  # unreadable files left out
+    fixed_boxes: int = 0  # detection: boxes clipped to their image or dropped (zero area)
 
 
 def load(data_cfg, split: str) -> Source:

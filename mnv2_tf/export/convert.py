@@ -34,6 +34,7 @@ import tf_keras
 from ai_edge_litert import interpreter as litert
 
 from mnv2_tf.errors import UserError
+from mnv2_tf.export import flatbuffer
 from mnv2_tf.models.common import Preprocessing
 
 MODES = ("float32", "float16", "dynamic", "int8", "qat")
@@ -41,6 +42,9 @@ INTEGER_MODES = ("int8", "qat")
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
 # Ops that only convert between the float I/O of a model and its integer body.
 IO_CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")
+# Ops that end an integer model in float by design: detection's post-process (decoding and
+# NMS; every runtime's kernel takes float inputs there).
+FLOAT_TAIL_OPS = ("TFLite_Detection_PostProcess",)
 FLOAT_DTYPES = (np.float32, np.float16, np.float64)
 
 
@@ -106,6 +110,7 @@ def convert(
     image_input: str | None = None,
     per_tensor: bool = False,
     batch_size: int | None = None,
+    float_outputs: bool = False,
 ) -> bytes:
     """Converts `model` (float, or QAT-annotated for "qat") to a TFLite flatbuffer.
 
@@ -125,6 +130,8 @@ def convert(
         widely in range loses the small ones. QAT models keep the per-channel ranges their
         fake-quant nodes learned.
       batch_size: a fixed batch dimension (the task's `serving_batch`), or None for any.
+      float_outputs: integer models keep float32 outputs whatever `io_type` says (the
+        task's outputs are float by nature: detection's boxes, scores and count).
     """
     if mode not in MODES:
         raise UserError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
@@ -154,14 +161,24 @@ def convert(
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
         converter.inference_input_type = tf.uint8 if image_input else IO_TYPES[io_type]
-        converter.inference_output_type = IO_TYPES[io_type]
+        converter.inference_output_type = tf.float32 if float_outputs else IO_TYPES[io_type]
     try:
         with native_output_captured():
-            return converter.convert()
+            content = converter.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise UserError(
             f"TFLite conversion ({mode}) failed: {str(e).strip().splitlines()[-1][:300]}"
         ) from e
+    return in_output_order(content, list(function.structured_outputs))
+
+
+def in_output_order(content: bytes, names: list[str]) -> bytes:
+    """`content` with its outputs listed in the order of `names` (the serving function's),
+    for apps that read outputs by position (see `flatbuffer.order_outputs`)."""
+    if len(names) < 2:
+        return content
+    details = load_interpreter(content).get_signature_runner().get_output_details()
+    return flatbuffer.order_outputs(content, [int(details[n]["index"]) for n in names])
 
 
 @contextlib.contextmanager
@@ -274,7 +291,7 @@ def inspect(content: bytes) -> ModelInfo:
     histogram = collections.Counter(op["op_name"] for op in ops)
     float_ops = []
     for op in ops:
-        if op["op_name"] in IO_CONVERSION_OPS:
+        if op["op_name"] in IO_CONVERSION_OPS + FLOAT_TAIL_OPS:
             continue
         tensors = [t for t in (*op["inputs"], *op["outputs"]) if t >= 0]
         dtypes = [interpreter._get_tensor_details(t, 0)["dtype"] for t in tensors]

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import data, fileio, profile, tasks
+from mnv2_tf import fileio, profile, tasks
 from mnv2_tf.errors import UserError
 from mnv2_tf.export import convert, debug, evaluate, qat
 from mnv2_tf.export import run as run_lib
@@ -75,7 +75,7 @@ def calibration_images(run: run_lib.Run, steps: int) -> np.ndarray:
     data_cfg = run.config.data.copy_and_resolve_references()
     data_cfg.cache = False  # a few batches of a shuffled split: a partial cache would warn
     try:
-        source = data.load(data_cfg, data_cfg.train_split)
+        source = run.task.load_source(data_cfg, data_cfg.train_split)
     except UserError as e:
         raise UserError(f"calibration data missing: {e}") from e
     source.dataset = source.dataset.shuffle(min(source.num_examples, 10_000), seed=0)
@@ -91,10 +91,13 @@ def calibration_images(run: run_lib.Run, steps: int) -> np.ndarray:
     return np.concatenate(images)
 
 
-def _representative(images: np.ndarray):
+def _representative(images: np.ndarray, batch: int | None = None):
+    """Calibration batches, of the model's fixed batch size where it has one."""
+    batch = batch or CALIBRATION_BATCH
+
     def generate():
-        for i in range(0, len(images), CALIBRATION_BATCH):
-            yield [images[i : i + CALIBRATION_BATCH]]
+        for i in range(0, len(images) - batch + 1, batch):
+            yield [images[i : i + batch]]
 
     return generate
 
@@ -136,7 +139,9 @@ def export(
             p = run.preprocessing
             calibration[0, 0, 0, :] = (0.0 - p.mean) / p.std
             calibration[0, 0, 1, :] = (255.0 - p.mean) / p.std
-    representative = _representative(calibration) if calibration is not None else None
+    representative = (
+        _representative(calibration, task.serving_batch) if calibration is not None else None
+    )
 
     report = {
         "workdir": workdir,
@@ -173,7 +178,7 @@ def export(
             model, mode, run.preprocessing, outputs=task.serving_outputs,
             representative=representative if mode in convert.INTEGER_MODES else None,
             io_type=settings.io_type, image_input=image_input, per_tensor=settings.per_tensor,
-            batch_size=task.serving_batch,
+            batch_size=task.serving_batch, float_outputs=task.float_outputs,
         )  # fmt: skip
         scales = convert.weight_scales(mode, settings.per_tensor)
         if scales:
@@ -279,6 +284,7 @@ def _compensate(run, content, info, representative, settings):
         model, "int8", run.preprocessing, outputs=run.task.serving_outputs,
         representative=representative, io_type=settings.io_type, image_input="uint8",
         per_tensor=settings.per_tensor, batch_size=run.task.serving_batch,
+        float_outputs=run.task.float_outputs,
     )  # fmt: skip
     return content, convert.inspect(content), offset
 

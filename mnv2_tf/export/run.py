@@ -17,7 +17,7 @@ import tf_keras
 from absl import logging
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import data, fileio, tasks
+from mnv2_tf import fileio, tasks
 from mnv2_tf.errors import UserError
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.train import precise_bn
@@ -66,7 +66,7 @@ def load(workdir: str, weights: str = "final") -> Run:
         if "preprocessing" in extras
         else (config_lib.preprocessing_of(config))
     )
-    task = tasks.get(config, num_classes)
+    task = tasks.get(config, num_classes, class_names)
     run = Run(workdir, config, num_classes, class_names, preprocessing, task, None, "")  # type: ignore[arg-type]
     model = task.build_inference_model()
 
@@ -94,7 +94,7 @@ def _precise_bn(run: Run, model: tf_keras.Model) -> None:
     """A checkpoint's EMA weights with BN statistics re-estimated as the trainer does before
     it saves a model (`mnv2_tf.train.precise_bn`), on the same images."""
     try:
-        source = data.load(run.config.data, run.config.data.train_split)
+        source = run.task.load_source(run.config.data, run.config.data.train_split)
     except UserError as e:
         logging.warning("BN statistics of the checkpoint kept as saved (%s)", e)
         return

@@ -5,8 +5,9 @@ from __future__ import annotations
 from mnv2_tf.errors import UserError
 from mnv2_tf.tasks.base import Column, Comparison, Evaluator, Task
 from mnv2_tf.tasks.classification import Classification
+from mnv2_tf.tasks.detection import Detection
 
-TASKS: dict[str, type[Task]] = {"classification": Classification}
+TASKS: dict[str, type[Task]] = {"classification": Classification, "detection": Detection}
 
 
 def task_class(name: str) -> type[Task]:
@@ -15,9 +16,9 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
-def get(config, num_classes: int) -> Task:
-    """The task `config.task` names, for `num_classes` classes."""
-    return task_class(config.task)(config, num_classes)
+def get(config, num_classes: int, class_names: list[str] | None = None) -> Task:
+    """The task `config.task` names, for `num_classes` classes (named `class_names`)."""
+    return task_class(config.task)(config, num_classes, class_names)
 
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Classification",
     "Column",
     "Comparison",
+    "Detection",
     "Evaluator",
     "Task",
     "get",

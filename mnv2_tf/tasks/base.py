@@ -95,13 +95,16 @@ class Task:
     # The TFLite model's batch dimension: None (any) or fixed (a dilated depthwise convolution
     # stays one op only at a fixed batch; LiteRT then runs the eval set in chunks of it).
     serving_batch: int | None = None
+    # Integer models keep float32 outputs (io_type then applies to the input only).
+    float_outputs: bool = False
     # Columns of the export report and of the pipeline's summary table.
     export_columns: tuple[Column, ...] = ()
     summary_columns: tuple[Column, ...] = ()
 
-    def __init__(self, config, num_classes: int):
+    def __init__(self, config, num_classes: int, class_names: list[str] | None = None):
         self.config = config
         self.num_classes = num_classes
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
 
     # --- model ---------------------------------------------------------------------------
 
@@ -119,6 +122,11 @@ class Task:
         return config_lib.build_model(self.config.model, self.num_classes, **overrides)
 
     # --- data ----------------------------------------------------------------------------
+
+    @classmethod
+    def load_source(cls, data_cfg, split: str) -> data.Source:
+        """One split of the data this task reads (before the number of classes is known)."""
+        return data.load(data_cfg, split)
 
     def example_fn(self, source: data.Source, preprocessing: Preprocessing, training: bool):
         """The per-example map of `source`: pixels and labels together."""
@@ -141,7 +149,7 @@ class Task:
     ) -> tuple[tf.data.Dataset, data.Source]:
         """The batched dataset of `split` with this task's preprocessing."""
         data_cfg = data_cfg or self.config.data
-        source = source or data.load(data_cfg, split)
+        source = source or self.load_source(data_cfg, split)
         return data.make_dataset(
             data_cfg, preprocessing, split, training=training, batch_size=batch_size,
             seed=seed, source=source, example_fn=self.example_fn(source, preprocessing, training),

@@ -37,7 +37,7 @@ import tf_keras
 from absl import logging
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import data, fileio, models, tasks
+from mnv2_tf import fileio, models, tasks
 from mnv2_tf.errors import UserError
 from mnv2_tf.train import distribute, optim, precise_bn
 from mnv2_tf.train.ema import EMA
@@ -65,10 +65,11 @@ def _prepare(config, strategy, policy: str) -> _Data:
         raise UserError(
             f"train.batch_size {batch} does not divide over {strategy.num_replicas_in_sync} replicas"
         )
-    train_source = data.load(data_cfg, data_cfg.train_split)
-    eval_source = data.load(data_cfg, data_cfg.eval_split)
+    load = tasks.task_class(config.task).load_source
+    train_source = load(data_cfg, data_cfg.train_split)
+    eval_source = load(data_cfg, data_cfg.eval_split)
     num_classes = model_cfg.num_classes or len(train_source.class_names)
-    task = tasks.get(config, num_classes)
+    task = tasks.get(config, num_classes, train_source.class_names)
     train_ds, _ = task.dataset(
         preprocessing, data_cfg.train_split, training=True, batch_size=batch,
         seed=train_cfg.seed, source=train_source,
@@ -455,7 +456,10 @@ def _epoch_metrics(epoch, step, losses, figures, chunks, result) -> dict:
 
 def _log_epoch(metrics: dict, epochs: int) -> None:
     evaluated = " ".join(
-        f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_") and k != "eval_examples"
+        f"{k} {v:.4f}"
+        for k, v in metrics.items()
+        # per-class figures ("eval_ap/<class>") stay in metrics.json
+        if k.startswith("eval_") and k != "eval_examples" and "/" not in k
     )
     print(
         f"epoch {metrics['epoch']}/{epochs} step {metrics['step']}: "

@@ -1,0 +1,58 @@
+"""SSDLite on Fashion-MNIST composites, offline, on a CPU: the detection default.
+
+    python pipeline.py --config=configs/detection_fmnist.py --workdir=runs/det
+    python pipeline.py --config=configs/detection_fmnist.py:quick --workdir=runs/det_quick
+
+The first run writes the composites (`python -m mnv2_tf.data.synthetic`: 12,000 training
+and 1,000 test canvases of 192 px, 1-4 items each, from Fashion-MNIST's training and test
+items) under ~/.cache/mnv2_tf, then reads them through the COCO-JSON reader, as a user's own
+COCO export. MobileNetV2 0.35 + SSDLite at 160 px (feature maps 10, 5, 3, 2, 1, 1: 540
+anchors), focal loss, SGD with warm-up and cosine decay. Results:
+benchmarks/results/detection_fmnist.json.
+"""
+
+from mnv2_tf.config import base_config
+
+DATA_DIR = "~/.cache/mnv2_tf/fmnist_detection_v1/coco"
+
+
+def get_config(variant: str = ""):
+    config = base_config()
+    config.task = "detection"
+    config.model.alpha = 0.35
+    config.model.input_size = 160
+    config.model.crop_fraction = 1.0  # detection sees the whole image
+
+    config.data.source = "coco"
+    config.data.data_dir = DATA_DIR
+    config.data.synthetic = True
+    config.data.eval_split = "test"
+    config.data.shuffle_buffer = 12_000
+
+    config.detection.loss = "focal"
+
+    config.train.epochs = 12
+    config.train.batch_size = 64
+    config.train.optimizer = "sgd"
+    config.train.learning_rate = 0.1
+    config.train.lr_batch_size = 64
+    config.train.schedule = "cosine"
+    config.train.warmup_epochs = 1.0
+    config.train.weight_decay = 4e-5
+    config.train.ema_decay = 0.999
+    config.train.precise_bn_images = 512
+
+    config.export.calibration_steps = 8
+    config.export.qat_epochs = 0.5
+    config.export.qat_learning_rate = 2e-3
+    config.export.eval_batch_size = 50
+    if variant == "quick":
+        config.train.epochs = 2
+        config.data.max_train_examples = 2000
+        config.data.max_eval_examples = 200
+        config.model.bn_momentum = 0.9
+        config.train.ema_decay = 0.99
+        config.export.qat_epochs = 0.1
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of detection_fmnist.py; use '' or 'quick'")
+    return config

@@ -1,0 +1,272 @@
+"""Object detection with SSDLite (paper Section 6.2).
+
+Data: COCO / VOC folders or TFDS (`mnv2_tf.data.detection`), boxes moved with the pixels by
+SSD's augmentation; the per-anchor targets (matching at IoU 0.5, box codes) are computed
+per example in tf.data, so the training step only runs the network and the loss.
+Training model: box codes [B, anchors, 4] and class logits [B, anchors, K]; loss
+`mnv2_tf.detection.loss` (focal by default). Evaluation: the detections the exported model
+would give (`postprocess.reference`, same NMS) scored by pycocotools; `best/` is the epoch of
+the best mAP@[.5:.95]. Inference model: [codes, scores]; its TFLite model ends in
+`TFLite_Detection_PostProcess` with outputs boxes, classes, scores, count (MediaPipe's
+order), at batch 1 (the op's only batch size). A converted model is checked by its mAP next
+to the Keras model's on the same images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from mnv2_tf import config as config_lib
+from mnv2_tf import data
+from mnv2_tf.data import detection as detection_data
+from mnv2_tf.data import detection_preprocess
+from mnv2_tf.detection import boxes as box_lib
+from mnv2_tf.detection import coco_eval, postprocess
+from mnv2_tf.detection import loss as loss_lib
+from mnv2_tf.errors import UserError
+from mnv2_tf.models import ssdlite
+from mnv2_tf.models.common import Preprocessing
+from mnv2_tf.tasks import base
+
+# The self-check (see classification.py for the philosophy: it catches a broken
+# conversion, the quality targets live in benchmarks/). float32 must score the Keras
+# model's mAP to MAX_FLOAT32_MAP_GAP; an integer model at least MIN_INTEGER_MAP_RATIO of it,
+# judged only once the Keras model finds something (mAP@.5 >= MIN_MAP50_TO_CHECK).
+MAX_FLOAT32_MAP_GAP = 0.005
+MIN_INTEGER_MAP_RATIO = 0.5
+MIN_MAP50_TO_CHECK = 0.05
+LOGGED_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")
+
+
+def _per_image(batch: dict, detections: dict):
+    """(size, true boxes, true classes, det boxes, det classes, det scores) of each valid
+    image of a batch."""
+    valid = np.asarray(batch.get("valid", np.ones(len(batch["boxes"]))))
+    for i in np.nonzero(valid > 0)[0]:
+        n = int(batch["num_boxes"][i])
+        d = int(detections["num_detections"][i])
+        yield (
+            batch["size"][i],
+            batch["boxes"][i][:n],
+            batch["classes"][i][:n],
+            detections["detection_boxes"][i][:d],
+            detections["detection_classes"][i][:d],
+            detections["detection_scores"][i][:d],
+        )
+
+
+class Evaluator(base.Evaluator):
+    """COCO mAP of the detections (post-processed as the exported model does)."""
+
+    def __init__(self, task: Detection):
+        self.task = task
+        self.coco = coco_eval.CocoMap(task.class_names)
+
+    def update(self, batch: dict, outputs) -> None:
+        codes, logits = outputs
+        detections = self.task.postprocess(codes, self.task.scores_of(logits))
+        for image in _per_image(batch, detections):
+            self.coco.add_image(*image)
+
+    def result(self) -> dict[str, float]:
+        stats = self.coco.result()
+        out = {k: stats[k] for k in LOGGED_STATS}
+        out.update({k: v for k, v in stats.items() if k.startswith("ap/")})
+        out["examples"] = stats["images"]
+        return out
+
+
+@dataclasses.dataclass
+class Comparison(base.Comparison):
+    """A converted model's detections and the Keras model's, scored alike."""
+
+    class_names: list
+    examples: int = 0
+    max_score_error: float = 0.0  # of the top detection of each image
+    count_agreement: int = 0  # images where both find the same number of detections
+
+    def __post_init__(self):
+        self.tflite = coco_eval.CocoMap(self.class_names)
+        self.keras = coco_eval.CocoMap(self.class_names)
+
+    def add(self, batch: dict, outputs: dict, reference: dict) -> None:
+        for image in _per_image(batch, outputs):
+            self.tflite.add_image(*image)
+        for image in _per_image(batch, reference):
+            self.keras.add_image(*image)
+        self.examples += int((np.asarray(batch["valid"]) > 0).sum())
+        top = np.abs(outputs["detection_scores"][:, 0] - reference["detection_scores"][:, 0])
+        self.max_score_error = max(self.max_score_error, float(top.max(initial=0.0)))
+        self.count_agreement += int(
+            (outputs["num_detections"] == reference["num_detections"]).sum()
+        )
+
+    def summary(self) -> dict:
+        mine, theirs = self.tflite.result(), self.keras.result()
+        return {
+            "eval_examples": self.examples,
+            "map": mine["map"],
+            "map50": mine["map50"],
+            "keras_map": theirs["map"],
+            "keras_map50": theirs["map50"],
+            "map_gap": mine["map"] - theirs["map"],
+            "max_top_score_error": self.max_score_error,
+            "count_agreement": self.count_agreement / max(self.examples, 1),
+            "per_class_ap": {k[3:]: v for k, v in mine.items() if k.startswith("ap/")},
+        }
+
+
+class Detection(base.Task):
+    name = "detection"
+    best_metric = "eval_map"
+    best_label = "mAP"
+    headline = "map"
+    headline_label = "mAP@[.5:.95]"
+    train_metric_names = ("matched_anchors",)
+    serving_batch = 1  # TFLite_Detection_PostProcess runs one image per call
+    float_outputs = True  # boxes, classes, scores, count: the post-process op's float32
+    export_columns = (
+        base.Column("map", "mAP TFLite", "pct"),
+        base.Column("map50", "mAP@.5 TFLite", "pct"),
+        base.Column("keras_map", "mAP Keras", "pct"),
+        base.Column("keras_map50", "mAP@.5 Keras", "pct"),
+        base.Column("max_top_score_error", "top score err"),
+        base.Column("count_agreement", "same count", "pct"),
+    )
+    summary_columns = (
+        base.Column("keras_map", "mAP Keras", "pct"),
+        base.Column("map", "mAP TFLite", "pct"),
+        base.Column("map50", "mAP@.5 TFLite", "pct"),
+    )
+
+    def __init__(self, config, num_classes: int, class_names: list[str] | None = None):
+        super().__init__(config, num_classes, class_names)
+        det = config.detection
+        self.loss_name = det.loss
+        self.class_outputs = loss_lib.class_outputs(det.loss, num_classes)
+        probe = self._build(None)
+        self.anchors = box_lib.ssd_anchors(
+            ssdlite.feature_sizes(probe), det.min_scale, det.max_scale
+        )
+        self.head_layers = frozenset(
+            layer.name for layer in probe.layers if not _is_backbone(layer.name)
+        )
+        self.settings = postprocess.Settings(
+            max_detections=det.max_detections,
+            score_threshold=det.score_threshold,
+            iou_threshold=det.iou_threshold,
+            label_offset=0 if det.loss == "focal" else 1,
+        )
+
+    # --- model ---------------------------------------------------------------------------
+
+    def _build(self, score_activation):
+        model_cfg, det = self.config.model, self.config.detection
+        try:
+            specs = config_lib.model_kwargs(model_cfg, self.num_classes).get("block_specs")
+            return ssdlite.ssd(
+                self.class_outputs,
+                model_cfg.name,
+                model_cfg.alpha,
+                model_cfg.input_size,
+                head=det.head,
+                min_depth=det.min_depth,
+                bn_momentum=model_cfg.bn_momentum,
+                bn_epsilon=model_cfg.bn_epsilon,
+                block_specs=specs,
+                score_activation=score_activation,
+            )
+        except ValueError as e:
+            raise UserError(f"config model/detection section: {e}") from e
+
+    def build_model(self) -> tf_keras.Model:
+        return self._build(None)
+
+    def build_inference_model(self) -> tf_keras.Model:
+        return self._build("sigmoid" if self.loss_name == "focal" else "softmax")
+
+    def build_backbone(self, **overrides) -> tf_keras.Model:
+        return self._build(None)
+
+    # --- data ----------------------------------------------------------------------------
+
+    @classmethod
+    def load_source(cls, data_cfg, split: str) -> data.Source:
+        return detection_data.load(data_cfg, split)
+
+    def example_fn(self, source: data.Source, preprocessing: Preprocessing, training: bool):
+        return detection_preprocess.make_fn(
+            preprocessing, self.anchors, training=training, encoded=source.encoded,
+            max_boxes=self.config.detection.max_boxes,
+        )  # fmt: skip
+
+    def blank_labels(self, preprocessing: Preprocessing) -> dict:
+        return detection_preprocess.blank(self.config.detection.max_boxes)
+
+    # --- training and evaluation -------------------------------------------------------------
+
+    def loss(self, batch: dict, outputs) -> tf.Tensor:
+        return loss_lib.per_example(
+            outputs, batch["cls_targets"], batch["box_targets"], self.loss_name, self.num_classes
+        )
+
+    def train_metrics(self, batch: dict, outputs) -> dict[str, tf.Tensor]:
+        matched = tf.reduce_sum(tf.cast(batch["cls_targets"] > 0, tf.float32), axis=1)
+        return {"matched_anchors": matched}
+
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self)
+
+    def scores_of(self, logits):
+        logits = tf.convert_to_tensor(logits, tf.float32)
+        return tf.sigmoid(logits) if self.loss_name == "focal" else tf.nn.softmax(logits)
+
+    def postprocess(self, codes, scores) -> dict[str, np.ndarray]:
+        values = postprocess.reference(codes, scores, self.anchors, self.settings)
+        return {k: np.asarray(v) for k, v in zip(postprocess.OUTPUT_NAMES, values, strict=True)}
+
+    # --- export --------------------------------------------------------------------------
+
+    def serving_outputs(self, model: tf_keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        codes, scores = model(images, training=False)
+        return postprocess.detections(codes, scores, self.anchors, self.settings)
+
+    def comparison(self) -> Comparison:
+        return Comparison(self.class_names)
+
+    def check(self, mode: str, summary: dict) -> str:
+        if summary["eval_examples"] == 0:
+            return "failed: no eval images"
+        own = summary.get("own_keras", summary)
+        if mode == "float32":
+            gap = abs(own["map_gap"])
+            if gap > MAX_FLOAT32_MAP_GAP:
+                return f"failed: mAP {own['map']:.4f} vs Keras {own['keras_map']:.4f}"
+            return "passed"
+        if own["keras_map50"] < MIN_MAP50_TO_CHECK:
+            return (
+                f"unchecked: the Keras model's mAP@.5 is {own['keras_map50']:.3f} (< "
+                f"{MIN_MAP50_TO_CHECK}): too little found to compare; TFLite {own['map50']:.3f}"
+            )
+        if own["map50"] < MIN_INTEGER_MAP_RATIO * own["keras_map50"]:
+            return (
+                f"failed: mAP@.5 {own['map50']:.3f} < {MIN_INTEGER_MAP_RATIO} x the Keras "
+                f"model's {own['keras_map50']:.3f}"
+            )
+        return "passed"
+
+    def finetune(self):
+        def to_pair(ex):
+            positive = tf.cast(ex["cls_targets"] > 0, tf.float32)[..., None]
+            box_targets = tf.concat([ex["box_targets"], positive], -1)
+            return ex["image"], (box_targets, tf.cast(ex["cls_targets"], tf.float32))
+
+        return to_pair, loss_lib.for_fit(self.loss_name, self.num_classes), []
+
+
+def _is_backbone(name: str) -> bool:
+    return not name.startswith(("ssd_extra_", "box_", "class_"))
