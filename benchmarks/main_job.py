@@ -31,7 +31,7 @@ _DOCS = flags.DEFINE_string("docs", os.path.join(common.ROOT, "docs", "main_job"
 _OUT = flags.DEFINE_string("out", common.results_path("main_job"), "JSON output.")
 _LIMIT = flags.DEFINE_float("limit_min", 45.0, "The target wall time, minutes.")
 
-STAGES = ("[train]", "[export]", "[benchmark]")
+STAGES = ("[train]", "[export]", "[benchmark]", "[examples]")
 
 
 def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
@@ -49,12 +49,12 @@ def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
     return times
 
 
-def main(argv):
-    del argv
-    workdir = _WORKDIR.value
+def run_pipeline(config: str, workdir: str) -> tuple[float, list[tuple[float, str]]]:
+    """`python pipeline.py` in a fresh `workdir`, its lines timestamped (and kept in
+    pipeline.log); exits with 1 if it fails. Returns (wall seconds, lines)."""
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
-    command = [sys.executable, "pipeline.py", f"--config={_CONFIG.value}", f"--workdir={workdir}"]
+    command = [sys.executable, "pipeline.py", f"--config={config}", f"--workdir={workdir}"]
     print("$", " ".join(command), flush=True)
     start = time.time()
     lines: list[tuple[float, str]] = []
@@ -70,6 +70,13 @@ def main(argv):
     if process.returncode != 0:
         print(f"the pipeline failed (exit {process.returncode}); see {workdir}/pipeline.log")
         sys.exit(1)
+    return wall, lines
+
+
+def main(argv):
+    del argv
+    workdir = _WORKDIR.value
+    wall, lines = run_pipeline(_CONFIG.value, workdir)
 
     with open(os.path.join(workdir, "report.json")) as f:
         report = json.load(f)

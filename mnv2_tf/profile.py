@@ -8,6 +8,10 @@ table counts them without). Nested models and wrapped layers (e.g. tfmot's quant
 wrappers) are counted through.
 
     python -m mnv2_tf.profile --model mobilenet_v2 --alpha 1.0 --input_size 224
+    python -m mnv2_tf.profile --detector ssdlite --input_size 320 --num_classes 81
+
+Detectors (paper Tables 5 and 6) are counted with their prediction layers (the extra
+feature layers and the box/class predictors) subtotalled.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import math
 import tf_keras
 
 layers = tf_keras.layers
+
+# The layers SSD adds to the backbone (mnv2_tf.models.ssdlite): the paper's Table 5 counts them.
+PREDICTION_LAYERS = ("ssd_extra_", "box_predictor_", "class_predictor_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +69,11 @@ class Profile:
             f"({self.params_without_bn / 1e6:.3f} M)"
         )
         return "\n".join(lines)
+
+    def subtotal(self, prefixes: tuple[str, ...]) -> tuple[int, int]:
+        """(MACs, parameters without BN) of the layers whose names start with `prefixes`."""
+        rows = [r for r in self.layers if r.name.startswith(prefixes)]
+        return sum(r.macs for r in rows), sum(r.params for r in rows if not r.is_batch_norm)
 
     def to_dict(self) -> dict:
         return {
@@ -152,6 +164,21 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
+    if f.detector:
+        from mnv2_tf.models import ssdlite
+
+        try:
+            model = ssdlite.ssd(
+                f.num_classes, f.model, f.alpha, f.input_size, head=f.detector
+            )
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        counted = count(model)
+        print(model.name)
+        print(counted.table(all_layers=f.all_layers))
+        macs, params = counted.subtotal(PREDICTION_LAYERS)
+        print(f"prediction layers:    {macs:>15,} MACs, {params:,} parameters (no BN)")
+        return
     try:
         model = models.build(
             f.model,
@@ -181,6 +208,10 @@ def _define_flags() -> None:
     flags.DEFINE_integer("remove_early_strides", 0, "Stride-2 layers made stride 1 (small inputs).")
     flags.DEFINE_bool("atrous", True, "Dilate past output_stride (False: plain stride removal).")
     flags.DEFINE_bool("all_layers", False, "List layers without MACs or parameters too.")
+    flags.DEFINE_enum(
+        "detector", None, ["ssdlite", "ssd"], "Count an SSD detector on the model instead; "
+        "--num_classes is then its class outputs (81 for COCO's 80 classes + background)."
+    )
 
 
 if __name__ == "__main__":

@@ -81,14 +81,21 @@ def reference(codes, scores, anchors, settings: Settings) -> tuple[tf.Tensor, ..
     return out_boxes, out_classes, out_scores, tf.cast(count, tf.float32)
 
 
-def detections(codes, scores, anchors: np.ndarray, settings: Settings) -> dict[str, tf.Tensor]:
-    """The named detection outputs of a batch; one TFLite op once converted."""
-    num_classes = int(scores.shape[-1]) - settings.label_offset
-    anchors = tf.constant(anchors, tf.float32)
+class PostProcess:
+    """The named detection outputs of a batch; one TFLite op once converted. Built once per
+    model (the function is traced once per input shape, not per call)."""
 
-    @tf.function(experimental_implements=_implements(settings, num_classes))
-    def post_process(box_encodings, class_predictions, anchor_boxes):
-        return reference(box_encodings, class_predictions, anchor_boxes, settings)
+    def __init__(self, anchors: np.ndarray, settings: Settings, num_scores: int):
+        self.anchors = np.asarray(anchors, np.float32)
+        num_classes = num_scores - settings.label_offset
 
-    values = post_process(tf.cast(codes, tf.float32), tf.cast(scores, tf.float32), anchors)
-    return dict(zip(OUTPUT_NAMES, values, strict=True))
+        @tf.function(experimental_implements=_implements(settings, num_classes))
+        def post_process(box_encodings, class_predictions, anchor_boxes):
+            return reference(box_encodings, class_predictions, anchor_boxes, settings)
+
+        self.function = post_process
+
+    def __call__(self, codes, scores) -> dict[str, tf.Tensor]:
+        anchors = tf.constant(self.anchors)
+        values = self.function(tf.cast(codes, tf.float32), tf.cast(scores, tf.float32), anchors)
+        return dict(zip(OUTPUT_NAMES, values, strict=True))

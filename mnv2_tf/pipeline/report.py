@@ -59,7 +59,9 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(runs: list[dict], table: list[dict], plots: dict[str, str]) -> str:
+def markdown(
+    runs: list[dict], table: list[dict], plots: dict[str, str], folder: str | None = None
+) -> str:
     threads = sorted({t["threads"] for run in runs for t in run["benchmark"]})
     targets = sorted({t["target"] for run in runs for t in run["benchmark"]})
     lines = ["# mnv2_tf report", ""]
@@ -100,7 +102,8 @@ def markdown(runs: list[dict], table: list[dict], plots: dict[str, str]) -> str:
               "the float model); latency of the desktop LiteRT interpreter (XNNPACK) unless "
               "marked."]  # fmt: skip
     for title, path in plots.items():
-        lines += ["", f"## {title}", "", f"![{title}]({os.path.basename(path)})"]
+        link = os.path.relpath(path, folder) if folder else os.path.basename(path)
+        lines += ["", f"## {title}", "", f"![{title}]({link})"]
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +178,11 @@ def write(runs: list[dict], folder: str) -> dict:
     if threads:
         plots["Accuracy vs latency and MACs"] = os.path.join(folder, "tradeoff.png")
         plot_tradeoff(table, plots["Accuracy vs latency and MACs"], threads[0])
+    for run in runs:
+        if run.get("examples_png"):
+            title = f"Eval images, {os.path.basename(run['workdir'].rstrip('/'))}"
+            plots[title] = run["examples_png"]
     report = {"rows": table, "runs": [{k: v for k, v in r.items() if k != "export"} for r in runs]}
     fileio.write_json_atomic(os.path.join(folder, "report.json"), report)
-    fileio.write_text_atomic(os.path.join(folder, "report.md"), markdown(runs, table, plots))
+    fileio.write_text_atomic(os.path.join(folder, "report.md"), markdown(runs, table, plots, folder))
     return report

@@ -18,10 +18,11 @@ import time
 import ml_collections
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import fileio
+from mnv2_tf import fileio, tasks
 from mnv2_tf.bench import desktop
 from mnv2_tf.errors import UserError
-from mnv2_tf.export import exporter
+from mnv2_tf.export import evaluate, exporter
+from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.train import trainer
 
 SWEEP_FIELDS = {"alpha": ("model", "alpha", float), "input_size": ("model", "input_size", int),
@@ -146,12 +147,48 @@ def stage_benchmark(config, workdir: str, export_report: dict, android=None, log
     return results
 
 
+EXAMPLE_IMAGES = 8
+
+
+def stage_examples(workdir: str, export_report: dict, log=print) -> str | None:
+    """examples.png: what the deployed model (the integer one when there is one) does on
+    the first eval images, as the task draws it; None for a task that draws nothing."""
+    models = export_report["models"]
+    mode = next((m for m in ("int8", "qat", "float32") if m in models), next(iter(models)))
+    config, extras = config_lib.load_saved(workdir)
+    class_names = list(extras.get("dataset", {}).get("class_names") or [])
+    task = tasks.get(config, config.model.num_classes or len(class_names), class_names)
+    preprocessing = Preprocessing(**extras["preprocessing"])
+    data_cfg = config.data.copy_and_resolve_references()
+    data_cfg.max_eval_examples = EXAMPLE_IMAGES
+    data_cfg.cache = False
+    ds, _ = task.dataset(
+        preprocessing, data_cfg.eval_split, training=False, batch_size=EXAMPLE_IMAGES,
+        data_cfg=data_cfg,
+    )  # fmt: skip
+    batch = next(ds.as_numpy_iterator())
+    batch = {k: v[batch["valid"] > 0] for k, v in batch.items()}
+    with open(os.path.join(workdir, "export", models[mode]["file"]), "rb") as f:
+        content = f.read()
+    raw = bool(export_report.get("options", {}).get("image_input"))
+    runner = evaluate.Runner(content, preprocessing, raw_pixels=raw)
+    images = evaluate.on_pixel_grid(batch["image"], preprocessing) if raw else batch["image"]
+    png = task.examples_png(batch, runner(images), preprocessing)
+    if png is None:
+        return None
+    path = os.path.join(workdir, "examples.png")
+    fileio.write_bytes_atomic(path, png)
+    log(f"[examples] {path} ({models[mode]['file']})")
+    return path
+
+
 def run_one(config, workdir: str, android=None, log=print) -> dict:
     """All stages of one run; returns what the report needs."""
     start = time.time()
     metrics = stage_train(config, workdir, log)
     export_report = stage_export(config, workdir, log)
     bench = stage_benchmark(config, workdir, export_report, android, log)
+    examples = stage_examples(workdir, export_report, log)
     return {
         "workdir": workdir,
         "task": config.task,
@@ -164,6 +201,7 @@ def run_one(config, workdir: str, android=None, log=print) -> dict:
         "metrics": metrics,
         "export": export_report,
         "benchmark": bench,
+        "examples_png": examples,
         "seconds_this_invocation": time.time() - start,
     }
 

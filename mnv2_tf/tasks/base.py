@@ -183,6 +183,12 @@ class Task:
         evidence, reported) or "failed: ..." (the file is rejected)."""
         raise NotImplementedError
 
+    def examples_png(self, batch: dict, outputs: dict, preprocessing: Preprocessing) -> bytes | None:
+        """A picture of a deployed model's outputs on a few eval images (`batch`, numpy,
+        and the `.tflite` model's named `outputs` on them) for the pipeline's report, or
+        None when the task draws none."""
+        return None
+
     def finetune(self) -> tuple[Callable[[dict], tuple], tf_keras.losses.Loss, list]:
         """How quantization-aware training fine-tunes the inference model with `fit`:
         (example -> (inputs, targets), loss, metrics)."""

@@ -21,7 +21,7 @@ import tensorflow as tf
 import tf_keras
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import data
+from mnv2_tf import data, fileio
 from mnv2_tf.data import detection as detection_data
 from mnv2_tf.data import detection_preprocess
 from mnv2_tf.detection import boxes as box_lib
@@ -39,6 +39,7 @@ from mnv2_tf.tasks import base
 MAX_FLOAT32_MAP_GAP = 0.005
 MIN_INTEGER_MAP_RATIO = 0.5
 MIN_MAP50_TO_CHECK = 0.05
+EXAMPLE_MIN_SCORE = 0.3
 LOGGED_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")
 
 
@@ -161,6 +162,7 @@ class Detection(base.Task):
             iou_threshold=det.iou_threshold,
             label_offset=0 if det.loss == "focal" else 1,
         )
+        self.post_process = postprocess.PostProcess(self.anchors, self.settings, self.class_outputs)
 
     # --- model ---------------------------------------------------------------------------
 
@@ -233,7 +235,7 @@ class Detection(base.Task):
 
     def serving_outputs(self, model: tf_keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
         codes, scores = model(images, training=False)
-        return postprocess.detections(codes, scores, self.anchors, self.settings)
+        return self.post_process(codes, scores)
 
     def comparison(self) -> Comparison:
         return Comparison(self.class_names)
@@ -259,6 +261,43 @@ class Detection(base.Task):
             )
         return "passed"
 
+    def examples_png(self, batch: dict, outputs: dict, preprocessing: Preprocessing) -> bytes:
+        """The eval images with their true boxes (green, dashed) and the model's detections
+        scoring at least EXAMPLE_MIN_SCORE (red, class and score)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        count = len(batch["image"])
+        cols = min(count, 4)
+        rows = -(-count // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+        size = preprocessing.input_size
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i >= count:
+                continue
+            pixels = np.clip(batch["image"][i] * preprocessing.std + preprocessing.mean, 0, 255)
+            ax.imshow(pixels.astype(np.uint8))
+            for box in batch["boxes"][i][: int(batch["num_boxes"][i])]:
+                y0, x0, y1, x1 = box * size
+                ax.add_patch(_rectangle(x0, y0, x1, y1, "lime", "--"))
+            for box, c, s in zip(
+                outputs["detection_boxes"][i], outputs["detection_classes"][i],
+                outputs["detection_scores"][i], strict=True,
+            ):  # fmt: skip
+                if s < EXAMPLE_MIN_SCORE:
+                    continue
+                y0, x0, y1, x1 = np.clip(box, 0, 1) * size
+                ax.add_patch(_rectangle(x0, y0, x1, y1, "red", "-"))
+                name = self.class_names[int(c)] if int(c) < len(self.class_names) else str(c)
+                ax.text(x0, y0, f"{name} {s:.2f}", color="white", fontsize=6,
+                        va="bottom", bbox={"facecolor": "red", "pad": 1, "lw": 0})  # fmt: skip
+        fig.suptitle(f"true boxes (green, dashed), detections >= {EXAMPLE_MIN_SCORE} (red)")
+        fig.tight_layout()
+        return fileio.png_bytes(fig, dpi=100)
+
     def finetune(self):
         def to_pair(ex):
             positive = tf.cast(ex["cls_targets"] > 0, tf.float32)[..., None]
@@ -266,6 +305,12 @@ class Detection(base.Task):
             return ex["image"], (box_targets, tf.cast(ex["cls_targets"], tf.float32))
 
         return to_pair, loss_lib.for_fit(self.loss_name, self.num_classes), []
+
+
+def _rectangle(x0, y0, x1, y1, colour, style):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, ls=style, lw=1.2)
 
 
 def _is_backbone(name: str) -> bool:
