@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 
-import main_job
 from absl import app, flags
 
 import common  # benchmarks/common.py: the script's own folder is on sys.path
@@ -54,7 +53,7 @@ def main(argv):
         synthetic.ensure(root)
     data_seconds = time.time() - start
 
-    wall, lines = main_job.run_pipeline(_CONFIG.value, _WORKDIR.value)
+    wall, lines = common.run_pipeline(_CONFIG.value, _WORKDIR.value)
     workdir = _WORKDIR.value
     with open(os.path.join(workdir, "report.json")) as f:
         report = json.load(f)
@@ -97,7 +96,7 @@ def main(argv):
         "data_seconds_before": round(data_seconds, 1),
         "wall_time_s": round(wall, 1),
         "wall_time_min": round(wall / 60, 2),
-        "stage_seconds": main_job.stage_times(lines, wall),
+        "stage_seconds": common.stage_times(lines, wall),
         "epochs": len(metrics),
         "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},
         "best_epoch": best["epoch"],

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -31,52 +29,11 @@ _DOCS = flags.DEFINE_string("docs", os.path.join(common.ROOT, "docs", "main_job"
 _OUT = flags.DEFINE_string("out", common.results_path("main_job"), "JSON output.")
 _LIMIT = flags.DEFINE_float("limit_min", 45.0, "The target wall time, minutes.")
 
-STAGES = ("[train]", "[export]", "[benchmark]", "[examples]")
-
-
-def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
-    """Seconds from each stage's first log line to the next stage's (the last: to `end`)."""
-    starts = {}
-    for t, line in lines:
-        for stage in STAGES:
-            if line.startswith(stage) and stage not in starts:
-                starts[stage] = t
-    ordered = sorted(starts.items(), key=lambda kv: kv[1])
-    times = {}
-    for i, (stage, start) in enumerate(ordered):
-        stop = ordered[i + 1][1] if i + 1 < len(ordered) else end
-        times[stage.strip("[]")] = round(stop - start, 1)
-    return times
-
-
-def run_pipeline(config: str, workdir: str) -> tuple[float, list[tuple[float, str]]]:
-    """`python pipeline.py` in a fresh `workdir`, its lines timestamped (and kept in
-    pipeline.log); exits with 1 if it fails. Returns (wall seconds, lines)."""
-    if os.path.exists(workdir):
-        shutil.rmtree(workdir)
-    command = [sys.executable, "pipeline.py", f"--config={config}", f"--workdir={workdir}"]
-    print("$", " ".join(command), flush=True)
-    start = time.time()
-    lines: list[tuple[float, str]] = []
-    with subprocess.Popen(
-        command, cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process:
-        for line in process.stdout:
-            lines.append((time.time() - start, line.rstrip("\n")))
-            print(f"{lines[-1][0]:8.1f}s  {line}", end="", flush=True)
-    wall = time.time() - start
-    with open(os.path.join(workdir, "pipeline.log"), "w") as f:
-        f.writelines(f"{t:8.1f}s  {line}\n" for t, line in lines)
-    if process.returncode != 0:
-        print(f"the pipeline failed (exit {process.returncode}); see {workdir}/pipeline.log")
-        sys.exit(1)
-    return wall, lines
-
 
 def main(argv):
     del argv
     workdir = _WORKDIR.value
-    wall, lines = run_pipeline(_CONFIG.value, workdir)
+    wall, lines = common.run_pipeline(_CONFIG.value, workdir)
 
     with open(os.path.join(workdir, "report.json")) as f:
         report = json.load(f)
@@ -93,7 +50,7 @@ def main(argv):
         "wall_time_min": round(wall / 60, 2),
         "limit_min": _LIMIT.value,
         "within_limit": wall <= 60 * _LIMIT.value,
-        "stage_seconds": stage_times(lines, wall),
+        "stage_seconds": common.stage_times(lines, wall),
         "epochs": len(metrics),
         "task": report["runs"][0]["task"],
         "final_eval": {best_metric: metrics[-1][best_metric]},

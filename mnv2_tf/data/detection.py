@@ -189,6 +189,26 @@ def voc_split_names(root: str, split: str, kind: str = "Main") -> list[str]:
         return [line.split()[0] for line in f if line.strip()]
 
 
+def voc_class_names(root: str) -> list[str]:
+    """The classes of a VOC-layout folder, the same for every split: `labels.txt` (one name
+    per line, in label order) if the folder has one; else VOC's 20 when every object's name
+    is one of them; else the sorted names found in all of Annotations/."""
+    listing = os.path.join(root, "labels.txt")
+    if os.path.exists(listing):
+        with open(listing, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    found = set()
+    folder = os.path.join(root, "Annotations")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if name.endswith(".xml"):
+            try:
+                found |= {o.findtext("name", "").strip() for o in ET.parse(
+                    os.path.join(folder, name)).getroot().iter("object")}  # fmt: skip
+            except ET.ParseError:
+                continue  # reported when its split is read
+    return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
+
+
 def load_voc(data_cfg, split: str) -> sources.Source:
     root = data_cfg.data_dir
     if not root:
@@ -203,13 +223,7 @@ def load_voc(data_cfg, split: str) -> sources.Source:
             missing.append(image if not os.path.exists(image) else xml)
             continue
         parsed.append((image, *_parse_voc_xml(xml)))
-    class_names = list(data_cfg.get("class_names") or ())
-    if not class_names:
-        found = sorted({n for *_, objects in parsed for n, _ in objects})
-        class_names = list(VOC_CLASSES) if set(found) <= set(VOC_CLASSES) else found
-        if split != data_cfg.train_split and set(found) - set(VOC_CLASSES):
-            train_names = load_voc(data_cfg, data_cfg.train_split).class_names
-            class_names = train_names
+    class_names = list(data_cfg.get("class_names") or ()) or voc_class_names(root)
     index = {n: i for i, n in enumerate(class_names)}
     paths, boxes, classes = [], [], []
     fixed = 0

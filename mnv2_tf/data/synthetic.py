@@ -12,7 +12,7 @@ Written in the formats users' own data come in, and read back by the same reader
   <out>/coco/annotations/instances_<split>.json, <out>/coco/<split>/<id>.jpg   (COCO)
   <out>/voc/JPEGImages/<id>.jpg, Annotations/<id>.xml, SegmentationClass/<id>.png
   (palette PNG: 0 background, class + 1 per pixel), SegmentationObject/<id>.png,
-  ImageSets/Main/<split>.txt, ImageSets/Segmentation/<split>.txt               (VOC)
+  ImageSets/Main/<split>.txt, ImageSets/Segmentation/<split>.txt, labels.txt    (VOC)
 Deterministic by seed: the same arguments write the same files.
 
     python -m mnv2_tf.data.synthetic --out=/tmp/fmnist_det --train_images=12000
@@ -169,6 +169,7 @@ def generate(
     fileio.makedirs(os.path.join(voc, "ImageSets", "Main"))
     fileio.makedirs(os.path.join(voc, "ImageSets", "Segmentation"))
     fileio.makedirs(os.path.join(out, "coco", "annotations"))
+    fileio.write_text_atomic(os.path.join(voc, "labels.txt"), "".join(n + "\n" for n in class_names))
     summary = {"version": VERSION, "seed": seed, "size": size, "splits": {}}
     for split, count in (("train", train_images), ("test", test_images)):
         prefix = sources.IDX_PREFIXES[split]

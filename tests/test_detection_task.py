@@ -1,0 +1,169 @@
+"""Detection end to end on a tiny SSDLite: train on COCO-format composites, export float32
+and int8 (uint8 pixels in) ending in TFLite_Detection_PostProcess, self-check through
+LiteRT, benchmark, draw and report, through the same stages as classification."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mnv2_tf import config as config_lib
+from mnv2_tf import tasks
+from mnv2_tf.data import synthetic
+from mnv2_tf.export import convert, evaluate, flatbuffer
+from mnv2_tf.pipeline import report, stages
+from mnv2_tf.tasks import detection as detection_task
+from tests.conftest import built_once
+from tests.test_train import needs_fmnist
+
+# The tiny detector: MobileNetV2 0.35 with a 4-row table at 64 px (feature maps 4, 4, 2, 1,
+# 1, 1), 192 training composites, 2 epochs.
+TINY_TABLE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2))
+
+
+def tiny_detection_config(data_dir: str, **overrides):
+    config = config_lib.load_file("configs/detection_fmnist.py:quick")
+    values = {
+        "data.data_dir": data_dir, "data.synthetic": False, "data.max_train_examples": None,
+        "data.max_eval_examples": None, "model.input_size": 64, "model.blocks": TINY_TABLE,
+        "train.batch_size": 32, "train.epochs": 2, "train.steps_per_loop": 3,
+        "train.precise_bn_images": 64, "train.save_saved_model": False,
+        "export.modes": "float32,int8", "export.image_input": "uint8",
+        "export.calibration_steps": 1, "export.eval_batch_size": 16,
+        "bench.warmup_runs": 1, "bench.num_runs": 3, "bench.threads": "1",
+        **overrides,
+    }  # fmt: skip
+    for key, value in values.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def detection_run(tmp_path_factory):
+    def build(folder):
+        synthetic.generate(str(folder / "data"), train_images=192, test_images=24, size=80,
+                           seed=5, log=lambda *_: None)  # fmt: skip
+        config = tiny_detection_config(str(folder / "data" / "coco"))
+        runs = stages.run(config, str(folder / "run"))
+        report.write(runs, str(folder / "run"))
+
+    return built_once(tmp_path_factory, "detection_run", build) / "run"
+
+
+@needs_fmnist
+def test_training_writes_coco_metrics_and_picks_best_by_map(detection_run):
+    metrics = json.loads((detection_run / "metrics.json").read_text())
+    assert len(metrics) == 2
+    for m in metrics:
+        assert {"eval_map", "eval_map50", "eval_ar100", "train_matched_anchors"} <= set(m)
+        assert m["eval_examples"] == 24
+        assert sum(k.startswith("eval_ap/") for k in m) == 10  # one AP per class
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert (detection_run / "best" / "model.h5").exists()
+    saved = json.loads((detection_run / "config.json").read_text())
+    assert saved["task"] == "detection" and saved["dataset"]["class_names"][0] == "T-shirt/top"
+
+
+@needs_fmnist
+def test_export_ends_in_the_postprocess_op_with_mediapipe_outputs(detection_run):
+    export = json.loads((detection_run / "export" / "export_report.json").read_text())
+    assert export["task"] == "detection"
+    for mode in ("float32", "int8"):
+        entry = export["models"][mode]
+        content = (detection_run / "export" / entry["file"]).read_bytes()
+        info = convert.inspect(content)
+        assert info.ops.get("TFLite_Detection_PostProcess") == 1
+        # uint8 camera pixels in, at the post-process op's batch of 1
+        assert [(i.dtype, i.shape) for i in info.inputs] == [("uint8", [1, 64, 64, 3])]
+        # float32 outputs in MediaPipe's order: location, category, score, count
+        assert [(o.dtype, o.shape) for o in info.outputs] == [
+            ("float32", [1, 100, 4]), ("float32", [1, 100]), ("float32", [1, 100]),
+            ("float32", [1]),
+        ]  # fmt: skip
+        interpreter = convert.load_interpreter(content)
+        names = interpreter.get_signature_list()["serving_default"]["outputs"]
+        runner = interpreter.get_signature_runner().get_output_details()
+        by_position = [d["index"] for d in interpreter.get_output_details()]
+        assert by_position == [runner[n]["index"] for n in detection_task.postprocess.OUTPUT_NAMES]
+        assert sorted(names) == sorted(detection_task.postprocess.OUTPUT_NAMES)
+    int8 = export["models"]["int8"]
+    assert int8["float_ops"] == []  # every compute op before the post-process is int8
+    float32 = export["models"]["float32"]
+    assert float32["check"] == "passed"
+    assert abs(float32["map"] - float32["keras_map"]) <= detection_task.MAX_FLOAT32_MAP_GAP
+    assert float32["count_agreement"] == 1.0 and float32["max_top_score_error"] < 1e-3
+    assert not int8["check"].startswith("failed")
+
+
+@needs_fmnist
+def test_runner_detections_match_the_keras_postprocess(detection_run):
+    """The .tflite's op and the Keras model's TensorFlow post-process give the same boxes."""
+    from mnv2_tf.export import run as run_lib
+
+    run = run_lib.load(str(detection_run), "final")
+    content = (detection_run / "export" / "model_float32.tflite").read_bytes()
+    runner = evaluate.Runner(content, run.preprocessing, raw_pixels=True)
+    ds, _ = run.task.dataset(run.preprocessing, "test", training=False, batch_size=8)
+    batch = next(ds.as_numpy_iterator())
+    images = evaluate.on_pixel_grid(batch["image"], run.preprocessing)
+    ours = runner(images)
+    theirs = {k: np.asarray(v) for k, v in run.task.serving_outputs(run.model, images).items()}
+    for i in range(len(images)):
+        n = int(theirs["num_detections"][i])
+        assert int(ours["num_detections"][i]) == n
+        np.testing.assert_allclose(ours["detection_boxes"][i, :n], theirs["detection_boxes"][i, :n],
+                                   atol=1e-3)  # fmt: skip
+        np.testing.assert_array_equal(
+            ours["detection_classes"][i, :n], theirs["detection_classes"][i, :n]
+        )
+
+
+@needs_fmnist
+def test_report_has_the_map_table_latency_and_the_examples_grid(detection_run):
+    text = (detection_run / "report.md").read_text()
+    assert "mAP Keras" in text and "mAP@.5 TFLite" in text and "median ms 1T" in text
+    assert "![Eval images, run](examples.png)" in text
+    png = (detection_run / "examples.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    bench = json.loads((detection_run / "benchmark.json").read_text())
+    assert {r["mode"] for r in bench["results"]} == {"float32", "int8"}
+
+
+def test_output_order_rewrite_is_exact():
+    """The flatbuffer edit moves only the output list: same bytes elsewhere, same names."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def serve(x):
+        return {"a": x * 2, "b": x * 3, "c": tf.reduce_sum(x, 1), "d": x[:, 0]}
+
+    module = tf.Module()
+    content = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], module
+    ).convert()
+    ordered = convert.in_output_order(content, ["a", "b", "c", "d"])
+    assert len(ordered) == len(content)
+    start, outputs = flatbuffer.output_positions(ordered)
+    assert sum(x != y for x, y in zip(ordered, content, strict=True)) <= 4 * len(outputs)
+    interpreter = convert.load_interpreter(ordered)
+    detail = interpreter.get_signature_runner().get_output_details()
+    assert [d["index"] for d in interpreter.get_output_details()] == [
+        detail[n]["index"] for n in "abcd"
+    ]
+    result = interpreter.get_signature_runner()(x=np.ones((1, 4), np.float32))
+    np.testing.assert_allclose(result["c"], [4.0])
+    with pytest.raises(Exception, match="not a valid TFLite flatbuffer"):
+        flatbuffer.output_positions(b"\x00\x01")
+
+
+def test_detection_task_is_registered_and_checks():
+    assert tasks.task_class("detection") is detection_task.Detection
+    check = detection_task.Detection.check
+    base = {"eval_examples": 10, "map": 0.3, "keras_map": 0.3, "map_gap": 0.0,
+            "map50": 0.6, "keras_map50": 0.6}  # fmt: skip
+    assert check(None, "float32", base) == "passed"
+    assert check(None, "float32", {**base, "map_gap": 0.02}).startswith("failed")
+    assert check(None, "int8", {**base, "map50": 0.2}).startswith("failed")
+    assert check(None, "int8", {**base, "keras_map50": 0.01}).startswith("unchecked")
+    assert check(None, "int8", base) == "passed"
