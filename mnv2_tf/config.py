@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.detection.head = "ssdlite"  # "ssdlite" (depthwise-separable) | "ssd" (regular 3x3)
     config.detection.loss = "focal"  # "focal" (sigmoid) | "softmax" (3:1 hard negatives)
     config.detection.min_depth = 16  # of the extra feature layers
+    # focal: every class score starts at this probability (the class logits' bias, as
+    # RetinaNet), so the many background anchors do not swamp the first steps; 0: no prior.
+    config.detection.class_prior = 0.01
     config.detection.min_scale = 0.2  # anchor scales of the first and last feature map
     config.detection.max_scale = 0.95
     config.detection.max_boxes = 100  # boxes per image kept from the labels

@@ -168,9 +168,7 @@ def main(argv: list[str]) -> None:
         from mnv2_tf.models import ssdlite
 
         try:
-            model = ssdlite.ssd(
-                f.num_classes, f.model, f.alpha, f.input_size, head=f.detector
-            )
+            model = ssdlite.ssd(f.num_classes, f.model, f.alpha, f.input_size, head=f.detector)
         except ValueError as e:
             raise UserError(str(e)) from e
         counted = count(model)
@@ -209,8 +207,11 @@ def _define_flags() -> None:
     flags.DEFINE_bool("atrous", True, "Dilate past output_stride (False: plain stride removal).")
     flags.DEFINE_bool("all_layers", False, "List layers without MACs or parameters too.")
     flags.DEFINE_enum(
-        "detector", None, ["ssdlite", "ssd"], "Count an SSD detector on the model instead; "
-        "--num_classes is then its class outputs (81 for COCO's 80 classes + background)."
+        "detector",
+        None,
+        ["ssdlite", "ssd"],
+        "Count an SSD detector on the model instead; "
+        "--num_classes is then its class outputs (81 for COCO's 80 classes + background).",
     )
 
 

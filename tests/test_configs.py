@@ -30,8 +30,10 @@ def test_config_has_the_common_fields_and_round_trips(path):
     assert ml_collections.ConfigDict(as_json).to_dict() == as_json
 
 
-def test_configs_are_the_expected_three():
+def test_configs_are_the_expected_five():
     assert CONFIGS == [
+        "configs/coco_ssdlite.py",
+        "configs/detection_fmnist.py",
         "configs/fashion_mnist.py",
         "configs/finetune_folder.py",
         "configs/imagenet.py",
@@ -56,4 +58,20 @@ def test_imagenet_dry_run_on_mock_data(tmp_path):
     assert [m["step"] for m in metrics] == [3]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["num_classes"] == 1000 and config["data"]["name"] == "imagenet2012"
+    assert (tmp_path / "final" / "model.h5").exists()
+
+
+def test_coco_ssdlite_dry_run_on_mock_data(tmp_path):
+    """The paper's COCO recipe, checked without data or downloads (what `train.py
+    --dry_run` does): mocked coco/2017 examples, a few steps and an mAP."""
+    from mnv2_tf.train import dry_run
+
+    config = _load_config_file(str(ROOT / "configs/coco_ssdlite.py"))
+    config.model.input_size = 128  # a smaller picture of the same network: a quicker check
+    dry_run.run(config, str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["step"] for m in metrics] == [3] and "eval_map" in metrics[0]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["num_classes"] == 80 and saved["detection"]["loss"] == "softmax"
+    assert saved["model"]["init_from"] is None  # the ImageNet download is skipped
     assert (tmp_path / "final" / "model.h5").exists()

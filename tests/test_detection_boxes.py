@@ -53,7 +53,7 @@ def test_box_coder_round_trip_and_known_codes():
     np.testing.assert_allclose(boxes.encode(same, a), [[0, 0, 0, 0]], atol=1e-5)
     taller = boxes.center_to_corners(a * [1, 1, 2, 1])
     np.testing.assert_allclose(boxes.encode(taller, a), [[0, 0, 5 * math.log(2), 0]], atol=1e-5)
-    shifted = boxes.center_to_corners(a + [a[0, 2] / 2, 0, 0, 0])
+    shifted = boxes.center_to_corners(a + np.array([a[0, 2] / 2, 0, 0, 0]))
     np.testing.assert_allclose(boxes.encode(shifted, a), [[5, 0, 0, 0]], atol=1e-5)
 
 

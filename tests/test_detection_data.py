@@ -40,7 +40,9 @@ def _jpeg(array: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def composites(tmp_path_factory):
     out = tmp_path_factory.mktemp("composites")
-    synthetic.generate(str(out), train_images=12, test_images=6, size=96, seed=3, log=lambda *_: None)
+    synthetic.generate(
+        str(out), train_images=12, test_images=6, size=96, seed=3, log=lambda *_: None
+    )
     return out
 
 
@@ -184,7 +186,7 @@ def test_voc_reader_errors_and_missing_files(tmp_path):
     (tmp_path / "Annotations/one.xml").write_text(xml)
     (tmp_path / "Annotations/three.xml").write_text("<annotation><size>")
     cfg = _data_cfg(source="voc", data_dir=str(tmp_path))
-    with pytest.raises(UserError, match="three.xml: not a VOC annotation"):
+    with pytest.raises(UserError, match=r"three\.xml: not a VOC annotation"):
         detection.load(cfg, "train")
     (tmp_path / "Annotations/three.xml").unlink()
     source = detection.load(cfg, "train")
@@ -195,7 +197,7 @@ def test_voc_reader_errors_and_missing_files(tmp_path):
     assert list(example["classes"]) == [detection.VOC_CLASSES.index("dog")]  # not the difficult cat
     (tmp_path / "labels.txt").write_text("dog\ncat\n")  # a folder's own label list
     assert detection.load(cfg, "train").class_names == ["dog", "cat"]
-    with pytest.raises(UserError, match="ImageSets/Main/val.txt not found"):
+    with pytest.raises(UserError, match=r"ImageSets/Main/val\.txt not found"):
         detection.load(cfg, "val")
 
 

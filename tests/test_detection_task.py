@@ -144,7 +144,7 @@ def test_output_order_rewrite_is_exact():
     ).convert()
     ordered = convert.in_output_order(content, ["a", "b", "c", "d"])
     assert len(ordered) == len(content)
-    start, outputs = flatbuffer.output_positions(ordered)
+    _, outputs = flatbuffer.output_positions(ordered)
     assert sum(x != y for x, y in zip(ordered, content, strict=True)) <= 4 * len(outputs)
     interpreter = convert.load_interpreter(ordered)
     detail = interpreter.get_signature_runner().get_output_details()
@@ -167,3 +167,20 @@ def test_detection_task_is_registered_and_checks():
     assert check(None, "int8", {**base, "map50": 0.2}).startswith("failed")
     assert check(None, "int8", {**base, "keras_map50": 0.01}).startswith("unchecked")
     assert check(None, "int8", base) == "passed"
+
+
+@pytest.mark.slow  # quantization-aware fine-tuning of the detector, then its conversion
+@needs_fmnist
+def test_qat_detector_is_int8_up_to_the_postprocess(detection_run, tmp_path):
+    from mnv2_tf.export import exporter
+
+    report_ = exporter.export(
+        str(detection_run), {"modes": "qat", "qat_epochs": 0.5, "image_input": "uint8"},
+        output_dir=str(tmp_path),
+    )  # fmt: skip
+    qat = report_["models"]["qat"]
+    assert qat["float_ops"] == [] and not qat["check"].startswith("failed")
+    assert qat["qat"]["steps"] >= 1 and np.isfinite(qat["qat"]["train_loss"])
+    info = convert.inspect((tmp_path / qat["file"]).read_bytes())
+    assert info.ops.get("TFLite_Detection_PostProcess") == 1
+    assert [o.dtype for o in info.outputs] == ["float32"] * 4

@@ -169,7 +169,9 @@ def generate(
     fileio.makedirs(os.path.join(voc, "ImageSets", "Main"))
     fileio.makedirs(os.path.join(voc, "ImageSets", "Segmentation"))
     fileio.makedirs(os.path.join(out, "coco", "annotations"))
-    fileio.write_text_atomic(os.path.join(voc, "labels.txt"), "".join(n + "\n" for n in class_names))
+    fileio.write_text_atomic(
+        os.path.join(voc, "labels.txt"), "".join(n + "\n" for n in class_names)
+    )
     summary = {"version": VERSION, "seed": seed, "size": size, "splits": {}}
     for split, count in (("train", train_images), ("test", test_images)):
         prefix = sources.IDX_PREFIXES[split]

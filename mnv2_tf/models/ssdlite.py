@@ -21,6 +21,7 @@ same order).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import tf_keras
@@ -62,11 +63,12 @@ def _conv_bn(x, filters, kernel, stride, name, momentum, epsilon, depthwise=Fals
     return layers.ReLU(6.0, name=name + "_relu")(x)
 
 
-def _predictor(x, outputs, prefix, head, momentum, epsilon):
+def _predictor(x, outputs, prefix, head, momentum, epsilon, bias=0.0):
+    init = tf_keras.initializers.Constant(bias)
     if head == "ssdlite":
         x = _conv_bn(x, None, 3, 1, prefix, momentum, epsilon, depthwise=True)
-        return layers.Conv2D(outputs, 1, padding="same", name=prefix)(x)
-    return layers.Conv2D(outputs, 3, padding="same", name=prefix)(x)
+        return layers.Conv2D(outputs, 1, padding="same", bias_initializer=init, name=prefix)(x)
+    return layers.Conv2D(outputs, 3, padding="same", bias_initializer=init, name=prefix)(x)
 
 
 def ssd(
@@ -82,6 +84,7 @@ def ssd(
     bn_epsilon: float = 1e-3,
     block_specs=None,
     score_activation: str | None = None,
+    class_prior: float | None = None,
     name: str | None = None,
 ) -> tf_keras.Model:
     """Builds SSD / SSDLite.
@@ -98,6 +101,9 @@ def ssd(
       block_specs: MobileNetV2's table (tests use a tiny one).
       score_activation: None (training: [codes, logits]), or "sigmoid" / "softmax"
         (inference: [codes, scores]).
+      class_prior: with sigmoid class outputs, the class logits' initial bias makes every
+        score start at this probability (RetinaNet's 0.01: the loss of the many
+        background anchors does not swamp the first steps); None: zero.
       name: the model's name.
     """
     if head not in HEADS:
@@ -135,8 +141,9 @@ def ssd(
         box = _predictor(feature, k * 4, f"box_predictor_{i}", head, bn_momentum, bn_epsilon)
         codes.append(layers.Reshape((-1, 4), name=f"box_reshape_{i}")(box))
         cls = _predictor(
-            feature, k * num_outputs, f"class_predictor_{i}", head, bn_momentum, bn_epsilon
-        )
+            feature, k * num_outputs, f"class_predictor_{i}", head, bn_momentum, bn_epsilon,
+            bias=-math.log((1 - class_prior) / class_prior) if class_prior else 0.0,
+        )  # fmt: skip
         logits.append(layers.Reshape((-1, num_outputs), name=f"class_reshape_{i}")(cls))
     codes = layers.Concatenate(axis=1, name="box_encodings", dtype="float32")(codes)
     logits = layers.Concatenate(axis=1, name="class_logits", dtype="float32")(logits)

@@ -184,5 +184,7 @@ def write(runs: list[dict], folder: str) -> dict:
             plots[title] = run["examples_png"]
     report = {"rows": table, "runs": [{k: v for k, v in r.items() if k != "export"} for r in runs]}
     fileio.write_json_atomic(os.path.join(folder, "report.json"), report)
-    fileio.write_text_atomic(os.path.join(folder, "report.md"), markdown(runs, table, plots, folder))
+    fileio.write_text_atomic(
+        os.path.join(folder, "report.md"), markdown(runs, table, plots, folder)
+    )
     return report

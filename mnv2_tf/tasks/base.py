@@ -183,7 +183,9 @@ class Task:
         evidence, reported) or "failed: ..." (the file is rejected)."""
         raise NotImplementedError
 
-    def examples_png(self, batch: dict, outputs: dict, preprocessing: Preprocessing) -> bytes | None:
+    def examples_png(
+        self, batch: dict, outputs: dict, preprocessing: Preprocessing
+    ) -> bytes | None:
         """A picture of a deployed model's outputs on a few eval images (`batch`, numpy,
         and the `.tflite` model's named `outputs` on them) for the pipeline's report, or
         None when the task draws none."""

@@ -181,6 +181,7 @@ class Detection(base.Task):
                 bn_epsilon=model_cfg.bn_epsilon,
                 block_specs=specs,
                 score_activation=score_activation,
+                class_prior=det.class_prior if self.loss_name == "focal" else None,
             )
         except ValueError as e:
             raise UserError(f"config model/detection section: {e}") from e

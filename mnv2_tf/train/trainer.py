@@ -92,6 +92,8 @@ def _prepare(config, strategy, policy: str) -> _Data:
         "eval_examples": eval_source.num_examples,
         "class_names": train_source.class_names,
         "skipped_images": train_source.skipped + eval_source.skipped,
+        # detection: boxes clipped to their image or dropped for zero area
+        "fixed_boxes": train_source.fixed_boxes + eval_source.fixed_boxes,
     }
     resolved["runtime"] = {
         "strategy": distribute.strategy_name(strategy),

@@ -1,0 +1,79 @@
+"""Levers for the detection default, side by side: the first epochs of each variant.
+
+    python benchmarks/detection_levers.py [--epochs_seen=3]
+        [--out=benchmarks/results/detection_levers.json]
+
+Each variant is `train.py --config=configs/detection_fmnist.py` plus its overrides, with the
+full schedule (so its first epochs are what the full run's would be), stopped after
+--epochs_seen epochs; the eval mAP@.5 / mAP of each epoch and the seconds per epoch are
+written to JSON. Variants run one after the other on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+import common
+
+_EPOCHS = flags.DEFINE_integer("epochs_seen", 3, "Epochs of each variant.")
+_OUT = flags.DEFINE_string("out", common.results_path("detection_levers"), "JSON output.")
+_ONLY = flags.DEFINE_list("only", None, "Run only these variants.")
+
+VARIANTS = {
+    "baseline (no class prior)": ["--config.detection.class_prior=0"],
+    "class prior 0.01": [],
+    "class prior, lr 0.04": ["--config.train.learning_rate=0.04"],
+    "class prior, alpha 0.5": ["--config.model.alpha=0.5"],
+}
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .*eval_map ([\d.]+) eval_map50 ([\d.]+)")
+
+
+def run(name: str, overrides: list[str]) -> dict:
+    workdir = f"/tmp/mnv2_levers/{re.sub(r'[^a-z0-9]+', '_', name.lower())}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    command = [sys.executable, "train.py", "--config=configs/detection_fmnist.py",
+               f"--workdir={workdir}", *overrides]  # fmt: skip
+    print("$", " ".join(command), flush=True)
+    start = time.time()
+    epochs = []
+    with subprocess.Popen(command, cwd=common.ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:  # fmt: skip
+        for line in process.stdout:
+            match = EPOCH_LINE.search(line)
+            if match:
+                epochs.append({
+                    "epoch": int(match[1]), "map": float(match[2]), "map50": float(match[3]),
+                    "seconds": round(time.time() - start, 1),
+                })  # fmt: skip
+                print(f"  {name}: {epochs[-1]}", flush=True)
+                if len(epochs) >= _EPOCHS.value:
+                    process.terminate()
+                    break
+        process.wait()
+    return {"overrides": overrides, "epochs": epochs}
+
+
+def main(argv):
+    del argv
+    results = {"machine": common.machine(), "epochs_seen": _EPOCHS.value, "variants": {}}
+    if os.path.exists(_OUT.value):
+        import json
+
+        with open(_OUT.value) as f:
+            results["variants"] = json.load(f).get("variants", {})
+    for name, overrides in VARIANTS.items():
+        if _ONLY.value and name not in _ONLY.value:
+            continue
+        results["variants"][name] = run(name, overrides)
+        common.write_results(_OUT.value, results)
+
+
+if __name__ == "__main__":
+    app.run(main)
