@@ -31,6 +31,8 @@ VARIANTS = {
     "class prior 0.01": [],
     "class prior, lr 0.04": ["--config.train.learning_rate=0.04"],
     "class prior, alpha 0.5": ["--config.model.alpha=0.5"],
+    "class prior, match IoU 0.4": ["--config.detection.match_threshold=0.4"],
+    "class prior, 128 px": ["--config.model.input_size=128"],
 }
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .*eval_map ([\d.]+) eval_map50 ([\d.]+)")
 

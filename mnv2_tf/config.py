@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.detection.class_prior = 0.01
     config.detection.min_scale = 0.2  # anchor scales of the first and last feature map
     config.detection.max_scale = 0.95
+    config.detection.match_threshold = 0.5  # IoU at which an anchor takes a box
     config.detection.max_boxes = 100  # boxes per image kept from the labels
     config.detection.max_detections = 100  # the post-process op's output rows
     config.detection.score_threshold = 1e-8

@@ -184,3 +184,38 @@ def test_qat_detector_is_int8_up_to_the_postprocess(detection_run, tmp_path):
     info = convert.inspect((tmp_path / qat["file"]).read_bytes())
     assert info.ops.get("TFLite_Detection_PostProcess") == 1
     assert [o.dtype for o in info.outputs] == ["float32"] * 4
+
+
+def test_detector_starts_from_imagenet_or_a_classification_run(tmp_path):
+    """model.init_from: Keras' ImageNet .h5 (a no-top file here, as the official ones) or a
+    classification workdir load the detector's backbone by layer name; the SSD layers keep
+    their initialization."""
+    import tf_keras
+
+    from mnv2_tf.models import ssdlite
+    from mnv2_tf.train import trainer
+
+    keras = tf_keras.applications.MobileNetV2(
+        alpha=0.35, input_shape=(96, 96, 3), include_top=False, weights=None
+    )
+    path = tmp_path / "imagenet_no_top.h5"
+    keras.save_weights(str(path))
+    detector = ssdlite.ssd(11, "mobilenet_v2", 0.35, 96)
+    before = detector.get_layer("class_predictor_0").get_weights()[0].copy()
+    trainer._init_from(detector, str(path))
+    for name in ("Conv1", "block_13_expand", "Conv_1"):
+        np.testing.assert_array_equal(
+            detector.get_layer(name).get_weights()[0], keras.get_layer(name).get_weights()[0]
+        )
+    np.testing.assert_array_equal(detector.get_layer("class_predictor_0").get_weights()[0], before)
+
+    # A classification run's workdir (its best/model.h5, classifier and all): the backbone.
+    classifier = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
+                                                   classes=10, weights=None)  # fmt: skip
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    classifier.save(tmp_path / "run" / "best" / "model.h5")
+    trainer._init_from(detector, str(tmp_path / "run"))
+    np.testing.assert_array_equal(
+        detector.get_layer("block_13_expand").get_weights()[0],
+        classifier.get_layer("block_13_expand").get_weights()[0],
+    )

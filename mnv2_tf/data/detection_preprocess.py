@@ -120,6 +120,7 @@ def make_fn(
     training: bool,
     encoded: bool,
     max_boxes: int,
+    match_threshold: float = box_lib.MATCH_THRESHOLD,
 ):
     """The per-example map of a detection source ({"image", "boxes", "classes"})."""
     size = preprocessing.input_size
@@ -147,7 +148,7 @@ def make_fn(
         if training:
             valid = tf.range(max_boxes) < n
             out["cls_targets"], out["box_targets"] = box_lib.assign_targets(
-                padded, padded_classes, valid, anchors
+                padded, padded_classes, valid, anchors, match_threshold
             )
         return out
 

@@ -173,7 +173,9 @@ def match(boxes, valid, anchors, threshold: float = MATCH_THRESHOLD) -> tf.Tenso
     return tf.tensor_scatter_nd_update(matches, forced[:, None], rows)
 
 
-def assign_targets(boxes, classes, valid, anchors) -> tuple[tf.Tensor, tf.Tensor]:
+def assign_targets(
+    boxes, classes, valid, anchors, threshold: float = MATCH_THRESHOLD
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-anchor training targets of one image.
 
     Args:
@@ -181,12 +183,13 @@ def assign_targets(boxes, classes, valid, anchors) -> tuple[tf.Tensor, tf.Tensor
       classes: int [N], 0-based.
       valid: bool [N]: which rows are boxes (the rest is padding).
       anchors: [A, 4] center form.
+      threshold: the matcher's IoU threshold.
 
     Returns:
       (class targets int32 [A]: 0 for background, class + 1 for a matched anchor;
        box codes float32 [A, 4], zero where unmatched).
     """
-    matches = match(boxes, valid, anchors)
+    matches = match(boxes, valid, anchors, threshold)
     matched = matches >= 0
     safe = tf.maximum(matches, 0)
     cls = tf.where(matched, tf.gather(tf.cast(classes, tf.int32), safe) + 1, 0)

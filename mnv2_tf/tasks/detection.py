@@ -205,6 +205,7 @@ class Detection(base.Task):
         return detection_preprocess.make_fn(
             preprocessing, self.anchors, training=training, encoded=source.encoded,
             max_boxes=self.config.detection.max_boxes,
+            match_threshold=self.config.detection.match_threshold,
         )  # fmt: skip
 
     def blank_labels(self, preprocessing: Preprocessing) -> dict:
