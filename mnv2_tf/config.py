@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.detection.class_prior = 0.01
     config.detection.min_scale = 0.2  # anchor scales of the first and last feature map
     config.detection.max_scale = 0.95
+    # 3 anchors per position on the first map (0.1 square, min_scale at 2:1 and 1:2, as SSD)
+    # or the other maps' 6 (with min_scale square and the interpolated scale).
+    config.detection.reduce_boxes_in_lowest_layer = True
     config.detection.match_threshold = 0.5  # IoU at which an anchor takes a box
     config.detection.max_boxes = 100  # boxes per image kept from the labels
     config.detection.max_detections = 100  # the post-process op's output rows

@@ -16,6 +16,9 @@ def test_ssd_300_has_1917_anchors_on_maps_19_10_5_3_2_1():
     assert boxes.anchors_per_location(6) == [3, 6, 6, 6, 6, 6]
     assert 19 * 19 * 3 + (10 * 10 + 5 * 5 + 3 * 3 + 2 * 2 + 1) * 6 == 1917
     assert boxes.ssd_anchors(sizes).shape == (1917, 4)
+    # 6 anchors in the lowest layer too: 1917 + 19 * 19 * 3
+    assert boxes.anchors_per_location(6, reduce_boxes_in_lowest_layer=False) == [6] * 6
+    assert len(boxes.ssd_anchors(sizes, reduce_boxes_in_lowest_layer=False)) == 1917 + 1083
 
 
 def test_anchor_shapes_and_centres_by_hand():

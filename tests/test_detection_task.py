@@ -219,3 +219,16 @@ def test_detector_starts_from_imagenet_or_a_classification_run(tmp_path):
         detector.get_layer("block_13_expand").get_weights()[0],
         classifier.get_layer("block_13_expand").get_weights()[0],
     )
+
+
+@pytest.mark.parametrize("reduce,count", [(True, 1917), (False, 1917 + 19 * 19 * 3)])
+def test_predictor_outputs_line_up_with_the_anchors(reduce, count):
+    from mnv2_tf.detection import boxes
+    from mnv2_tf.models import ssdlite
+
+    model = ssdlite.ssd(5, "mobilenet_v2", 0.35, 300, reduce_boxes_in_lowest_layer=reduce)
+    sizes = ssdlite.feature_sizes(model)
+    assert sizes == [19, 10, 5, 3, 2, 1]
+    anchors = boxes.ssd_anchors(sizes, reduce_boxes_in_lowest_layer=reduce)
+    assert [tuple(o.shape) for o in model.outputs] == [(None, count, 4), (None, count, 5)]
+    assert len(anchors) == count

@@ -85,6 +85,7 @@ def ssd(
     block_specs=None,
     score_activation: str | None = None,
     class_prior: float | None = None,
+    reduce_boxes_in_lowest_layer: bool = True,
     name: str | None = None,
 ) -> tf_keras.Model:
     """Builds SSD / SSDLite.
@@ -104,6 +105,8 @@ def ssd(
       class_prior: with sigmoid class outputs, the class logits' initial bias makes every
         score start at this probability (RetinaNet's 0.01: the loss of the many
         background anchors does not swamp the first steps); None: zero.
+      reduce_boxes_in_lowest_layer: 3 anchors per position on the first feature map (SSD's
+        and the API's default), or the 6 of the other maps.
       name: the model's name.
     """
     if head not in HEADS:
@@ -135,7 +138,9 @@ def ssd(
             x = _conv_bn(x, depth(d), 3, 2, f"{prefix}_3x3", bn_momentum, bn_epsilon)
         features.append(x)
 
-    per_location = box_lib.anchors_per_location(len(features))
+    per_location = box_lib.anchors_per_location(
+        len(features), reduce_boxes_in_lowest_layer=reduce_boxes_in_lowest_layer
+    )
     codes, logits = [], []
     for i, (feature, k) in enumerate(zip(features, per_location, strict=True)):
         box = _predictor(feature, k * 4, f"box_predictor_{i}", head, bn_momentum, bn_epsilon)

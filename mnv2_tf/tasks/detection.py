@@ -151,8 +151,9 @@ class Detection(base.Task):
         self.class_outputs = loss_lib.class_outputs(det.loss, num_classes)
         probe = self._build(None)
         self.anchors = box_lib.ssd_anchors(
-            ssdlite.feature_sizes(probe), det.min_scale, det.max_scale
-        )
+            ssdlite.feature_sizes(probe), det.min_scale, det.max_scale,
+            reduce_boxes_in_lowest_layer=det.reduce_boxes_in_lowest_layer,
+        )  # fmt: skip
         self.head_layers = frozenset(
             layer.name for layer in probe.layers if not _is_backbone(layer.name)
         )
@@ -182,6 +183,7 @@ class Detection(base.Task):
                 block_specs=specs,
                 score_activation=score_activation,
                 class_prior=det.class_prior if self.loss_name == "focal" else None,
+                reduce_boxes_in_lowest_layer=det.reduce_boxes_in_lowest_layer,
             )
         except ValueError as e:
             raise UserError(f"config model/detection section: {e}") from e
