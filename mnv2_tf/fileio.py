@@ -46,6 +46,11 @@ def read_json(path: str, default=None):
         return json.load(f)
 
 
+def read_bytes(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
 def png_bytes(fig, dpi: int) -> bytes:
     """A matplotlib figure rendered as PNG (and closed), for the atomic writes above."""
     import matplotlib.pyplot as plt

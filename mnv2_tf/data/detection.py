@@ -81,8 +81,8 @@ def _from_lists(paths, boxes, classes, class_names, skipped_missing, fixed) -> s
         encoded=True,
         image_shape=(None, None, None),
         skipped=sorted(skipped_missing) + sorted(bad),
+        fixed_boxes=fixed,
     )
-    source.fixed_boxes = fixed
     return source
 
 
@@ -91,9 +91,9 @@ def _from_lists(paths, boxes, classes, class_names, skipped_missing, fixed) -> s
 
 def read_coco_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with tf.io.gfile.GFile(path) as f:  # local, Drive or gs://
             content = json.load(f)
-    except FileNotFoundError as e:
+    except tf.errors.NotFoundError as e:
         raise UserError(
             f"COCO annotation file {path} not found; expected <data_dir>/annotations/"
             "instances_<split>.json (set data.data_dir and data.train_split/eval_split)"
@@ -129,11 +129,15 @@ def load_coco(data_cfg, split: str) -> sources.Source:
             continue
         per_image.setdefault(a["image_id"], []).append(a)
     image_dir = os.path.join(root, split)
+    # One listing instead of a stat per image (118k on COCO, over the network on gs://).
+    present = set(tf.io.gfile.listdir(image_dir)) if tf.io.gfile.isdir(image_dir) else set()
     paths, boxes, classes, missing = [], [], [], []
     fixed = 0
     for image in content["images"]:
         file = os.path.join(image_dir, image["file_name"])
-        if not os.path.exists(file):
+        name = image["file_name"]
+        found = name in present if "/" not in name else tf.io.gfile.exists(file)
+        if not found:
             missing.append(file)
             continue
         anns = per_image.get(image["id"], [])
@@ -299,7 +303,6 @@ def load_tfds(data_cfg, split: str) -> sources.Source:
         encoded=True,
         image_shape=(None, None, None),
     )
-    source.fixed_boxes = 0
     return source
 
 

@@ -152,10 +152,12 @@ EXAMPLE_IMAGES = 8
 
 def stage_examples(workdir: str, export_report: dict, log=print) -> str | None:
     """examples.png: what the deployed model (the integer one when there is one) does on
-    the first eval images, as the task draws it; None for a task that draws nothing."""
+    the first eval images, as the task draws it (`Task.draws_examples`); else None."""
+    config, extras = config_lib.load_saved(workdir)
+    if not tasks.task_class(config.task).draws_examples:
+        return None
     models = export_report["models"]
     mode = next((m for m in ("int8", "qat", "float32") if m in models), next(iter(models)))
-    config, extras = config_lib.load_saved(workdir)
     class_names = list(extras.get("dataset", {}).get("class_names") or [])
     task = tasks.get(config, config.model.num_classes or len(class_names), class_names)
     preprocessing = Preprocessing(**extras["preprocessing"])
@@ -168,14 +170,11 @@ def stage_examples(workdir: str, export_report: dict, log=print) -> str | None:
     )  # fmt: skip
     batch = next(ds.as_numpy_iterator())
     batch = {k: v[batch["valid"] > 0] for k, v in batch.items()}
-    with open(os.path.join(workdir, "export", models[mode]["file"]), "rb") as f:
-        content = f.read()
+    content = fileio.read_bytes(os.path.join(workdir, "export", models[mode]["file"]))
     raw = bool(export_report.get("options", {}).get("image_input"))
     runner = evaluate.Runner(content, preprocessing, raw_pixels=raw)
     images = evaluate.on_pixel_grid(batch["image"], preprocessing) if raw else batch["image"]
     png = task.examples_png(batch, runner(images), preprocessing)
-    if png is None:
-        return None
     path = os.path.join(workdir, "examples.png")
     fileio.write_bytes_atomic(path, png)
     log(f"[examples] {path} ({models[mode]['file']})")

@@ -97,6 +97,8 @@ class Task:
     serving_batch: int | None = None
     # Integer models keep float32 outputs (io_type then applies to the input only).
     float_outputs: bool = False
+    # The pipeline's report shows `examples_png` of the deployed model.
+    draws_examples: bool = False
     # Columns of the export report and of the pipeline's summary table.
     export_columns: tuple[Column, ...] = ()
     summary_columns: tuple[Column, ...] = ()
@@ -183,13 +185,11 @@ class Task:
         evidence, reported) or "failed: ..." (the file is rejected)."""
         raise NotImplementedError
 
-    def examples_png(
-        self, batch: dict, outputs: dict, preprocessing: Preprocessing
-    ) -> bytes | None:
+    def examples_png(self, batch: dict, outputs: dict, preprocessing: Preprocessing) -> bytes:
         """A picture of a deployed model's outputs on a few eval images (`batch`, numpy,
-        and the `.tflite` model's named `outputs` on them) for the pipeline's report, or
-        None when the task draws none."""
-        return None
+        and the `.tflite` model's named `outputs` on them) for the pipeline's report; only
+        for tasks with `draws_examples`."""
+        raise NotImplementedError
 
     def finetune(self) -> tuple[Callable[[dict], tuple], tf_keras.losses.Loss, list]:
         """How quantization-aware training fine-tunes the inference model with `fit`:

@@ -1,8 +1,9 @@
 """Object detection with SSDLite (paper Section 6.2).
 
 Data: COCO / VOC folders or TFDS (`mnv2_tf.data.detection`), boxes moved with the pixels by
-SSD's augmentation; the per-anchor targets (matching at IoU 0.5, box codes) are computed
-per example in tf.data, so the training step only runs the network and the loss.
+SSD's augmentation; the per-anchor targets (matching at `detection.match_threshold` IoU,
+box codes) are computed per example in tf.data, so the training step only runs the network
+and the loss.
 Training model: box codes [B, anchors, 4] and class logits [B, anchors, K]; loss
 `mnv2_tf.detection.loss` (focal by default). Evaluation: the detections the exported model
 would give (`postprocess.reference`, same NMS) scored by pycocotools; `best/` is the epoch of
@@ -130,6 +131,7 @@ class Detection(base.Task):
     train_metric_names = ("matched_anchors",)
     serving_batch = 1  # TFLite_Detection_PostProcess runs one image per call
     float_outputs = True  # boxes, classes, scores, count: the post-process op's float32
+    draws_examples = True
     export_columns = (
         base.Column("map", "mAP TFLite", "pct"),
         base.Column("map50", "mAP@.5 TFLite", "pct"),
