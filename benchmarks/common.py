@@ -56,10 +56,12 @@ def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
     return times
 
 
-def run_pipeline(config: str, workdir: str) -> tuple[float, list[tuple[float, str]]]:
-    """`python pipeline.py` in a fresh `workdir`, its lines timestamped (and kept in
-    pipeline.log); exits with 1 if it fails. Returns (wall seconds, lines)."""
-    if os.path.exists(workdir):
+def run_pipeline(
+    config: str, workdir: str, fresh: bool = True
+) -> tuple[float, list[tuple[float, str]]]:
+    """`python pipeline.py` in `workdir` (emptied first when `fresh`), its lines timestamped
+    (and kept in pipeline.log); exits with 1 if it fails. Returns (wall seconds, lines)."""
+    if fresh and os.path.exists(workdir):
         shutil.rmtree(workdir)
     command = [sys.executable, "pipeline.py", f"--config={config}", f"--workdir={workdir}"]
     print("$", " ".join(command), flush=True)

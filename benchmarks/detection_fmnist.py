@@ -32,6 +32,13 @@ _CONFIG = flags.DEFINE_string("config", "configs/detection_fmnist.py", "The pipe
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/mnv2_detection", "A fresh workdir (emptied).")
 _DOCS = flags.DEFINE_string("docs", os.path.join(common.ROOT, "docs", "detection"), "Report copy.")
 _OUT = flags.DEFINE_string("out", common.results_path("detection_fmnist"), "JSON output.")
+_CONTINUE = flags.DEFINE_string(
+    "continue_from",
+    None,
+    "The pipeline.log of an interrupted run of this script in --workdir: "
+    "the pipeline resumes there (finished stages skipped) and the wall time is that log's last "
+    "timestamp plus this invocation's.",
+)
 
 TARGETS = {
     "map50": 0.80,
@@ -53,7 +60,17 @@ def main(argv):
         synthetic.ensure(root)
     data_seconds = time.time() - start
 
-    wall, lines = common.run_pipeline(_CONFIG.value, _WORKDIR.value)
+    earlier = []
+    if _CONTINUE.value:
+        with open(_CONTINUE.value) as f:
+            for line in f:
+                stamp, _, text = line.strip("\n").partition("s  ")
+                earlier.append((float(stamp), text))
+    wall, lines = common.run_pipeline(_CONFIG.value, _WORKDIR.value, fresh=not earlier)
+    if earlier:  # the interrupted invocation's lines first, this one's after them
+        offset = earlier[-1][0]
+        lines = [*earlier, *[(t + offset, text) for t, text in lines]]
+        wall += offset
     workdir = _WORKDIR.value
     with open(os.path.join(workdir, "report.json")) as f:
         report = json.load(f)
@@ -95,6 +112,13 @@ def main(argv):
         "machine": common.machine(),
         "data_seconds_before": round(data_seconds, 1),
         "wall_time_s": round(wall, 1),
+        "continued_from": _CONTINUE.value
+        and {
+            "seconds": earlier[-1][0],
+            "why": "the first invocation's export failed: its source files were edited while "
+            "it ran (autograph reads a function's source when it converts it), so the "
+            "pipeline resumed in the same workdir",
+        },
         "wall_time_min": round(wall / 60, 2),
         "stage_seconds": common.stage_times(lines, wall),
         "epochs": len(metrics),
