@@ -67,7 +67,8 @@ def test_coco_ssdlite_dry_run_on_mock_data(tmp_path):
     from mnv2_tf.train import dry_run
 
     config = _load_config_file(str(ROOT / "configs/coco_ssdlite.py"))
-    config.model.input_size = 128  # a smaller picture of the same network: a quicker check
+    config.model.input_size = 128
+    config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2))  # tiny
     dry_run.run(config, str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [m["step"] for m in metrics] == [3] and "eval_map" in metrics[0]
