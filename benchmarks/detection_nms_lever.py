@@ -7,9 +7,8 @@ The exported detector uses TFLite's fast NMS with `max_classes_per_detection` 1:
 its best class only, so a box whose best class is wrong scores nothing for the right one.
 This evaluates the run's final Keras model on its eval split (pycocotools) with each box
 reported under its top 1, 2 and 3 classes (the op's `max_classes_per_detection`; the same
-greedy class-agnostic NMS on the best score), nothing retrained. Only the metric moves: with
-k > 1 the op's `num_detections` counts boxes while its rows are boxes x k, and apps read
-`num_detections` rows, so the exported detector keeps k = 1.
+greedy class-agnostic NMS on the best score), nothing retrained. Only the metric moves, not
+what an app shows (one class per box): the exported detector keeps k = 1.
 """
 
 from __future__ import annotations
