@@ -80,3 +80,11 @@ def run_pipeline(
         print(f"the pipeline failed (exit {process.returncode}); see {workdir}/pipeline.log")
         sys.exit(1)
     return wall, lines
+
+
+def copy_report(workdir: str, docs: str) -> None:
+    """The pipeline's report.md, report.json and PNGs of `workdir`, copied into `docs`."""
+    os.makedirs(docs, exist_ok=True)
+    for name in sorted(os.listdir(workdir)):
+        if name.startswith("report.") or name.endswith(".png"):
+            shutil.copy(os.path.join(workdir, name), os.path.join(docs, name))

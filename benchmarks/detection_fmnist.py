@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 
 from absl import app, flags
@@ -54,10 +53,9 @@ def main(argv):
     config = config_lib.load_file(_CONFIG.value)
     start = time.time()
     if config.data.synthetic:
-        from mnv2_tf.data import synthetic
+        from mnv2_tf.data import detection
 
-        root = os.path.dirname(os.path.expanduser(config.data.data_dir).rstrip("/"))
-        synthetic.ensure(root)
+        detection.ensure_synthetic(config.data)
     data_seconds = time.time() - start
 
     earlier = []
@@ -103,10 +101,7 @@ def main(argv):
             for mode, key in gaps.items() if mode in tflite
         },
     }  # fmt: skip
-    os.makedirs(_DOCS.value, exist_ok=True)
-    for name in sorted(os.listdir(workdir)):
-        if name.startswith("report.") or name.endswith(".png"):
-            shutil.copy(os.path.join(workdir, name), os.path.join(_DOCS.value, name))
+    common.copy_report(workdir, _DOCS.value)
     results = {
         "command": f"python pipeline.py --config={_CONFIG.value} --workdir=WORKDIR",
         "machine": common.machine(),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 from absl import app, flags
@@ -37,10 +36,7 @@ def main(argv):
 
     with open(os.path.join(workdir, "report.json")) as f:
         report = json.load(f)
-    os.makedirs(_DOCS.value, exist_ok=True)
-    for name in sorted(os.listdir(workdir)):
-        if name.startswith("report.") or name.endswith(".png"):
-            shutil.copy(os.path.join(workdir, name), os.path.join(_DOCS.value, name))
+    common.copy_report(workdir, _DOCS.value)
     metrics = report["runs"][0]["metrics"]
     best_metric = tasks.task_class(report["runs"][0]["task"]).best_metric
     results = {

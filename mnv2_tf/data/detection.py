@@ -317,14 +317,15 @@ def load(data_cfg, split: str) -> sources.Source:
         data_cfg = data_cfg.copy_and_resolve_references()
         data_cfg.data_dir = os.path.expanduser(data_cfg.data_dir)
     if data_cfg.get("synthetic"):
-        from mnv2_tf.data import synthetic
-
-        synthetic.ensure(os.path.dirname(data_cfg.data_dir.rstrip("/")), seed=0)
+        ensure_synthetic(data_cfg)
     source = loaders[data_cfg.source](data_cfg, split)
-    limit = data_cfg.get(
-        "max_train_examples" if split == data_cfg.train_split else "max_eval_examples"
-    )
-    if limit is not None and limit < source.num_examples:
-        source.dataset = source.dataset.take(limit)
-        source.num_examples = int(limit)
-    return source
+    return sources.limit_examples(source, data_cfg, split)
+
+
+def ensure_synthetic(data_cfg) -> None:
+    """Writes the Fashion-MNIST composites that `data.synthetic` names (`data_dir` is their
+    coco/ or voc/ folder) unless they are there."""
+    from mnv2_tf.data import synthetic
+
+    folder = os.path.expanduser(data_cfg.data_dir).rstrip("/")
+    synthetic.ensure(os.path.dirname(folder), seed=0)

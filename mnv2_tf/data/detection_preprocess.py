@@ -126,8 +126,7 @@ def make_fn(
     size = preprocessing.input_size
 
     def fn(example: dict) -> dict:
-        image = preprocess.decode(example["image"], encoded) if encoded else example["image"]
-        image = preprocess.to_rgb(image)
+        image = preprocess.decode(example["image"], encoded)
         original = tf.shape(image)[:2]
         boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
         classes = tf.cast(example["classes"], tf.int64)

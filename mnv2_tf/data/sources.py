@@ -55,7 +55,11 @@ def load(data_cfg, split: str) -> Source:
     loaders = {"idx": _load_idx, "folder": _load_folder, "tfds": _load_tfds}
     if data_cfg.source not in loaders:
         raise UserError(f"unknown data.source {data_cfg.source!r}; choose one of {sorted(loaders)}")
-    source = loaders[data_cfg.source](data_cfg, split)
+    return limit_examples(loaders[data_cfg.source](data_cfg, split), data_cfg, split)
+
+
+def limit_examples(source: Source, data_cfg, split: str) -> Source:
+    """`source` cut to `data.max_train_examples` / `max_eval_examples` (None: all)."""
     if split == data_cfg.train_split:
         limit = data_cfg.get("max_train_examples")
     else:
@@ -91,7 +95,7 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _idx_file(directory: str, prefix: str, kind: str) -> str:
+def idx_file(directory: str, prefix: str, kind: str) -> str:
     name = f"{prefix}-{kind}-idx{1 if kind == 'labels' else 3}-ubyte"
     for candidate in (name + ".gz", name):
         path = os.path.join(directory, candidate)
@@ -113,8 +117,8 @@ def _load_idx(data_cfg, split: str) -> Source:
         )
     if split not in IDX_PREFIXES:
         raise UserError(f"IDX split must be one of {sorted(IDX_PREFIXES)}, got {split!r}")
-    images = read_idx(_idx_file(directory, IDX_PREFIXES[split], "images"))
-    labels = read_idx(_idx_file(directory, IDX_PREFIXES[split], "labels"))
+    images = read_idx(idx_file(directory, IDX_PREFIXES[split], "images"))
+    labels = read_idx(idx_file(directory, IDX_PREFIXES[split], "labels"))
     if images.ndim == 3:
         images = images[..., None]
     if len(images) != len(labels):

@@ -175,8 +175,8 @@ def generate(
     summary = {"version": VERSION, "seed": seed, "size": size, "splits": {}}
     for split, count in (("train", train_images), ("test", test_images)):
         prefix = sources.IDX_PREFIXES[split]
-        items = sources.read_idx(sources._idx_file(directory, prefix, "images"))
-        labels = sources.read_idx(sources._idx_file(directory, prefix, "labels"))
+        items = sources.read_idx(sources.idx_file(directory, prefix, "images"))
+        labels = sources.read_idx(sources.idx_file(directory, prefix, "labels"))
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         image_dir = os.path.join(out, "coco", split)
         fileio.makedirs(image_dir)

@@ -159,11 +159,10 @@ def match(boxes, valid, anchors, threshold: float = MATCH_THRESHOLD) -> tf.Tenso
     winning an anchor two boxes want.
     """
     anchors_corners = center_to_corners(anchors)
-    num_anchors = tf.shape(anchors_corners)[0]
+    if boxes.shape[0] == 0:
+        return tf.fill(tf.shape(anchors_corners)[:1], -1)
     overlaps = iou(boxes, anchors_corners)  # [N, A]
     overlaps = tf.where(valid[:, None], overlaps, -1.0)
-    if boxes.shape[0] == 0:
-        return tf.fill([num_anchors], -1)
     best_box = tf.argmax(overlaps, axis=0, output_type=tf.int32)
     best_iou = tf.reduce_max(overlaps, axis=0)
     matches = tf.where(best_iou >= threshold, best_box, -1)

@@ -40,18 +40,9 @@ class Run:
     weights_from: str  # the file or checkpoint the weights came from
 
 
-def load(workdir: str, weights: str = "final") -> Run:
-    """Reads the run in `workdir`.
-
-    Args:
-      workdir: a training workdir.
-      weights: "final" (the finished run's model, or the latest checkpoint if training
-        did not finish), "best" (the epoch with the task's best eval metric) or "checkpoint"
-        (the latest checkpoint's EMA weights, or its raw weights without EMA, with BN
-        statistics re-estimated as the trainer does).
-    """
-    if weights not in WEIGHTS_CHOICES:
-        raise UserError(f"unknown --weights={weights}; choose one of {', '.join(WEIGHTS_CHOICES)}")
+def read(workdir: str) -> Run:
+    """The run in `workdir` as its config.json describes it (config, classes,
+    preprocessing, task), without a model."""
     if not tf.io.gfile.isdir(workdir):
         raise UserError(f"workdir {workdir} does not exist; pass the --workdir train.py wrote")
     config, extras = config_lib.load_saved(workdir)
@@ -67,8 +58,24 @@ def load(workdir: str, weights: str = "final") -> Run:
         else (config_lib.preprocessing_of(config))
     )
     task = tasks.get(config, num_classes, class_names)
-    run = Run(workdir, config, num_classes, class_names, preprocessing, task, None, "")  # type: ignore[arg-type]
-    model = task.build_inference_model()
+    return Run(workdir, config, num_classes, class_names, preprocessing, task, None, "")  # type: ignore[arg-type]
+
+
+def load(workdir: str, weights: str = "final") -> Run:
+    """Reads the run in `workdir`.
+
+    Args:
+      workdir: a training workdir.
+      weights: "final" (the finished run's model, or the latest checkpoint if training
+        did not finish), "best" (the epoch with the task's best eval metric) or "checkpoint"
+        (the latest checkpoint's EMA weights, or its raw weights without EMA, with BN
+        statistics re-estimated as the trainer does).
+    """
+    if weights not in WEIGHTS_CHOICES:
+        raise UserError(f"unknown --weights={weights}; choose one of {', '.join(WEIGHTS_CHOICES)}")
+    run = read(workdir)
+    config = run.config
+    model = run.task.build_inference_model()
 
     h5 = {"final": "final/model.h5", "best": "best/model.h5"}.get(weights)
     if h5 and tf.io.gfile.exists(os.path.join(workdir, h5)):

@@ -18,11 +18,11 @@ import time
 import ml_collections
 
 from mnv2_tf import config as config_lib
-from mnv2_tf import fileio, tasks
+from mnv2_tf import fileio
 from mnv2_tf.bench import desktop
 from mnv2_tf.errors import UserError
 from mnv2_tf.export import evaluate, exporter
-from mnv2_tf.models.common import Preprocessing
+from mnv2_tf.export import run as run_lib
 from mnv2_tf.train import trainer
 
 SWEEP_FIELDS = {"alpha": ("model", "alpha", float), "input_size": ("model", "input_size", int),
@@ -153,15 +153,13 @@ EXAMPLE_IMAGES = 8
 def stage_examples(workdir: str, export_report: dict, log=print) -> str | None:
     """examples.png: what the deployed model (the integer one when there is one) does on
     the first eval images, as the task draws it (`Task.draws_examples`); else None."""
-    config, extras = config_lib.load_saved(workdir)
-    if not tasks.task_class(config.task).draws_examples:
+    run = run_lib.read(workdir)
+    task, preprocessing = run.task, run.preprocessing
+    if not task.draws_examples:
         return None
     models = export_report["models"]
     mode = next((m for m in ("int8", "qat", "float32") if m in models), next(iter(models)))
-    class_names = list(extras.get("dataset", {}).get("class_names") or [])
-    task = tasks.get(config, config.model.num_classes or len(class_names), class_names)
-    preprocessing = Preprocessing(**extras["preprocessing"])
-    data_cfg = config.data.copy_and_resolve_references()
+    data_cfg = run.config.data.copy_and_resolve_references()
     data_cfg.max_eval_examples = EXAMPLE_IMAGES
     data_cfg.cache = False
     ds, _ = task.dataset(
