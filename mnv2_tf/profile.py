@@ -11,7 +11,16 @@ wrappers) are counted through.
     python -m mnv2_tf.profile --detector ssdlite --input_size 320 --num_classes 81
 
 Detectors (paper Tables 5 and 6) are counted with their prediction layers (the extra
-feature layers and the box/class predictors) subtotalled.
+feature layers and the box/class predictors) subtotalled; segmenters (Table 7) with their
+DeepLab head subtotalled.
+
+    python -m mnv2_tf.profile --segmenter --input_size 513 --num_classes 21 [--aspp]
+
+Atrous convolutions: `atrous="dense"` counts a dilated conv's output positions as they are;
+`atrous="space_to_batch"` counts them as TensorFlow's graph profiler did on the 2018 graphs,
+where a dilated conv ran as SPACE_TO_BATCH_ND + a plain conv over the map padded to a
+multiple of the rate (a 33x33 map at rate 6, 12 or 18 is computed as 36x36): the paper's
+Table 7 MAdds with ASPP follow that convention (see tests/test_deeplab.py).
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ class Profile:
     params: int
     params_without_bn: int
     layers: tuple[LayerProfile, ...]
+    # BN's scale and offset counted, its moving mean and variance not (what reaches the
+    # output of a trained model: TensorFlow Model Garden's count).
+    params_without_bn_statistics: int = 0
 
     def table(self, all_layers: bool = False) -> str:
         """A fixed-width table: layers with MACs or parameters (or all), then the totals."""
@@ -68,6 +80,10 @@ class Profile:
             f"parameters (no BN):   {self.params_without_bn:>15,}  "
             f"({self.params_without_bn / 1e6:.3f} M)"
         )
+        lines.append(
+            f"parameters (no BN moving statistics): {self.params_without_bn_statistics:,}  "
+            f"({self.params_without_bn_statistics / 1e6:.3f} M)"
+        )
         return "\n".join(lines)
 
     def subtotal(self, prefixes: tuple[str, ...]) -> tuple[int, int]:
@@ -80,6 +96,7 @@ class Profile:
             "macs": self.macs,
             "params": self.params,
             "params_without_bn": self.params_without_bn,
+            "params_without_bn_statistics": self.params_without_bn_statistics,
         }
 
 
@@ -93,7 +110,9 @@ def _shape(tensor_shape) -> tuple:
     return shape
 
 
-def _layer_macs(layer: tf_keras.layers.Layer, called: tf_keras.layers.Layer) -> int:
+def _layer_macs(
+    layer: tf_keras.layers.Layer, called: tf_keras.layers.Layer, atrous: str = "dense"
+) -> int:
     """Multiply-adds of one (unwrapped) `layer` for a batch of one.
 
     `called` is the layer as it stands in the graph (a wrapper, or `layer` itself): its
@@ -107,6 +126,9 @@ def _layer_macs(layer: tf_keras.layers.Layer, called: tf_keras.layers.Layer) -> 
     if isinstance(layer, layers.Dense):
         return math.prod(inp[1:-1]) * inp[-1] * layer.units
     positions = out[1] * out[2]
+    rate = max(getattr(layer, "dilation_rate", (1, 1)))
+    if atrous == "space_to_batch" and rate > 1:
+        positions = math.ceil(out[1] / rate) * rate * math.ceil(out[2] / rate) * rate
     kh, kw = layer.kernel_size
     if isinstance(layer, layers.DepthwiseConv2D):
         return positions * kh * kw * out[3]
@@ -130,13 +152,19 @@ def _walk(model: tf_keras.Model):
             yield layer
 
 
-def count(model: tf_keras.Model) -> Profile:
-    """Counts multiply-adds and parameters of `model` for one input image."""
+def count(model: tf_keras.Model, atrous: str = "dense") -> Profile:
+    """Counts multiply-adds and parameters of `model` for one input image; `atrous`:
+    "dense" or "space_to_batch" (module doc)."""
+    if atrous not in ("dense", "space_to_batch"):
+        raise ValueError(f"atrous must be 'dense' or 'space_to_batch', got {atrous!r}")
     rows = []
+    statistics = 0
     for layer in _walk(model):
         inner = _unwrap(layer)
         is_bn = isinstance(inner, layers.BatchNormalization)
-        macs = _layer_macs(inner, layer)
+        macs = _layer_macs(inner, layer, atrous)
+        if is_bn:
+            statistics += sum(math.prod(w.shape) for w in inner.non_trainable_weights)
         rows.append(
             LayerProfile(
                 name=layer.name,
@@ -153,6 +181,7 @@ def count(model: tf_keras.Model) -> Profile:
         params=params,
         params_without_bn=params - sum(r.params for r in rows if r.is_batch_norm),
         layers=tuple(rows),
+        params_without_bn_statistics=params - statistics,
     )
 
 
@@ -177,6 +206,22 @@ def main(argv: list[str]) -> None:
         macs, params = counted.subtotal(PREDICTION_LAYERS)
         print(f"prediction layers:    {macs:>15,} MACs, {params:,} parameters (no BN)")
         return
+    if f.segmenter:
+        from mnv2_tf.models import deeplab
+
+        try:
+            model = deeplab.deeplab(
+                f.num_classes, f.model, f.alpha, f.input_size, aspp=f.aspp,
+                output_stride=f.output_stride or 16,
+            )  # fmt: skip
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        counted = count(model, f.atrous_count)
+        print(model.name)
+        print(counted.table(all_layers=f.all_layers))
+        macs, params = counted.subtotal(deeplab.HEAD_PREFIXES)
+        print(f"DeepLab head:         {macs:>15,} MACs, {params:,} parameters (no BN)")
+        return
     try:
         model = models.build(
             f.model,
@@ -191,7 +236,7 @@ def main(argv: list[str]) -> None:
     except ValueError as e:  # the builder's argument checks
         raise UserError(str(e)) from e
     print(model.name)
-    print(count(model).table(all_layers=f.all_layers))
+    print(count(model, f.atrous_count).table(all_layers=f.all_layers))
 
 
 def _define_flags() -> None:
@@ -212,6 +257,19 @@ def _define_flags() -> None:
         ["ssdlite", "ssd"],
         "Count an SSD detector on the model instead; "
         "--num_classes is then its class outputs (81 for COCO's 80 classes + background).",
+    )
+    flags.DEFINE_bool(
+        "segmenter",
+        False,
+        "Count Mobile DeepLabv3 on the model instead (--num_classes "
+        "with the background: 21 for VOC; --output_stride 16 or 8).",
+    )
+    flags.DEFINE_bool("aspp", False, "With --segmenter: add ASPP's atrous branches.")
+    flags.DEFINE_enum(
+        "atrous_count",
+        "dense",
+        ["dense", "space_to_batch"],
+        "How dilated convolutions' positions are counted (see the module doc).",
     )
 
 
