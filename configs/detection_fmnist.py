@@ -18,8 +18,9 @@ Levers measured side by side, eval mAP@.5 after 3 epochs of the 12-epoch schedul
 """
 
 from mnv2_tf.config import base_config
+from mnv2_tf.data import synthetic
 
-DATA_DIR = "~/.cache/mnv2_tf/fmnist_detection_v1/coco"
+DATA_DIR = synthetic.DEFAULT_DIR + "/coco"
 
 
 def get_config(variant: str = ""):

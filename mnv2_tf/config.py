@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.init_from = config_dict.placeholder(str)
 
     config.data = ml_collections.ConfigDict()
-    # Classification: "idx" | "folder" | "tfds"; detection: "coco" | "voc" | "tfds".
+    # Classification: "idx" | "folder" | "tfds"; detection: "coco" | "voc" | "tfds";
+    # segmentation: "voc" | "folder" | "tfds".
     config.data.source = "idx"
     config.data.name = config_dict.placeholder(str)  # TFDS name
     config.data.data_dir = config_dict.placeholder(
@@ -85,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.random_erasing = 0.0
     config.data.class_names = ()
     config.data.deterministic = False  # True: a reproducible element order (slower map)
-    # Detection: data_dir is <folder>/coco of `python -m mnv2_tf.data.synthetic --out=<folder>`,
+    # Detection, segmentation: data_dir is <folder>/coco or <folder>/voc of
+    # `python -m mnv2_tf.data.synthetic --out=<folder>`,
     # written there first if it is missing (the offline Fashion-MNIST composites).
     config.data.synthetic = False
 
@@ -107,6 +109,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.detection.max_detections = 100  # the post-process op's output rows
     config.detection.score_threshold = 1e-8
     config.detection.iou_threshold = 0.6  # NMS
+
+    # Mobile DeepLabv3 (config.task = "segmentation"); see mnv2_tf/models/deeplab.py. The
+    # output stride is model.output_stride (16 when unset).
+    config.segmentation = ml_collections.ConfigDict()
+    config.segmentation.aspp = False  # the paper's mobile candidate: 1x1 + image pooling only
+    config.segmentation.atrous_rates = ()  # ASPP's; empty: 6, 12, 18 at output stride 16
+    config.segmentation.depth = 256  # channels of the head's branches
+    config.segmentation.dropout = 0.1
+    config.segmentation.min_scale = 0.5  # training's random scale of image and mask
+    config.segmentation.max_scale = 2.0
+    # How the exported category mask reaches the input size: "logits" (upsample every
+    # class's logit, then argmax), "scores_bilinear" (upsample to 1/mask_stride, argmax,
+    # nearest) or "argmax_nearest" (argmax on the feature map, nearest).
+    config.segmentation.mask_upsampling = "scores_bilinear"
+    config.segmentation.mask_stride = 4
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10
@@ -154,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.export.max_eval_examples = config_dict.placeholder(int)  # self-check on the first N
     config.export.eval_batch_size = 250
     config.export.debug_quantization = False  # per-layer int8 error table
+    # Segmentation: output the class id per pixel (uint8, computed in the graph as
+    # segmentation.mask_upsampling says) instead of the per-pixel class scores.
+    config.export.category_mask = False
 
     config.bench = ml_collections.ConfigDict()
     config.bench.threads = "1,2"  # comma-separated thread counts

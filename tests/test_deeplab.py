@@ -53,6 +53,7 @@ def test_model_garden_parameter_count_and_dense_madds():
     assert round(counted.macs / 1e9, 2) == 2.74
 
 
+@pytest.mark.slow  # builds twelve models of up to 897 px (13 s)
 def test_multi_scale_flipped_madds_os8():
     """Table 7's OS 8 rows with multi-scale and flipped inputs (MF): DeepLab's eval scales
     0.5-1.75 in steps of 0.25, each image size int((513 - 1) * s + 1), each run twice

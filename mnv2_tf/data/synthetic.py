@@ -6,12 +6,15 @@ images), each scaled to a random size, tinted, pasted with its own pixels as the
 mask onto a non-blank background (a colour gradient with noise and a faint, blurred item
 texture). Items overlap (a later item hides part of an earlier one) and may be cut by the
 border. Every item's box is the exact extent of its visible pixels; an item left with too
-few visible pixels is dropped from the labels (and hidden from the masks' class).
+few visible pixels is dropped from the labels (and hidden from the masks' class). The masks
+mark a thin band along every boundary between two labels (item/background, item/item) with
+255, "ignore", as VOC's masks do: the pixels there mix both sides.
 
 Written in the formats users' own data come in, and read back by the same readers:
   <out>/coco/annotations/instances_<split>.json, <out>/coco/<split>/<id>.jpg   (COCO)
   <out>/voc/JPEGImages/<id>.jpg, Annotations/<id>.xml, SegmentationClass/<id>.png
-  (palette PNG: 0 background, class + 1 per pixel), SegmentationObject/<id>.png,
+  (palette PNG: 0 background, class + 1 per pixel, 255 the boundary band),
+  SegmentationObject/<id>.png,
   ImageSets/Main/<split>.txt, ImageSets/Segmentation/<split>.txt, labels.txt    (VOC)
 Deterministic by seed: the same arguments write the same files.
 
@@ -33,7 +36,12 @@ from mnv2_tf.data import sources
 SPLITS = {"train": "train", "test": "test"}
 MIN_VISIBLE = 0.3  # an item keeps its label with at least this share of its pixels visible
 ALPHA_FLOOR = 0.1  # item pixels above this intensity are the item (its mask)
-VERSION = 1  # written to the COCO "info": a changed generator invalidates old files
+# Written to VERSION and the COCO "info": a changed generator invalidates old files.
+# 2: the masks' ignore band (images and boxes are those of 1).
+VERSION = 2
+IGNORE = 255
+# Where the configs keep them (written on first use): its coco/ and voc/ folders.
+DEFAULT_DIR = f"~/.cache/mnv2_tf/fmnist_composites_v{VERSION}"
 
 
 def _palette() -> list[int]:
@@ -104,8 +112,24 @@ def compose(rng, size: int, items: np.ndarray, labels: np.ndarray, max_items: in
         areas.append(count)
         class_mask[visible] = label + 1
         instance_mask[visible] = len(boxes)
+    band = boundary_band(instance_mask)
+    class_mask[band] = IGNORE
+    instance_mask[band] = IGNORE
     image = np.clip(image, 0, 255).astype(np.uint8)
     return image, boxes, classes, areas, class_mask, instance_mask
+
+
+def boundary_band(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another label: a band two pixels wide along every
+    boundary (one on each side)."""
+    band = np.zeros(labels.shape, bool)
+    vertical = labels[1:] != labels[:-1]
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    band[1:] |= vertical
+    band[:-1] |= vertical
+    band[:, 1:] |= horizontal
+    band[:, :-1] |= horizontal
+    return band
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -236,15 +260,17 @@ def generate(
         )
         summary["splits"][split] = {"images": count, "boxes": len(annotations)}
         log(f"{split}: {count} images, {len(annotations)} boxes")
+    fileio.write_text_atomic(os.path.join(out, "VERSION"), f"{VERSION}\n")
     return summary
 
 
 def ensure(out: str, *, seed: int = 0, log=print, **kwargs) -> None:
-    """Generates the data under `out` unless both splits' annotation files are there."""
-    done = all(
-        os.path.exists(os.path.join(out, "coco", "annotations", f"instances_{s}.json"))
-        for s in SPLITS
-    )
+    """Generates the data under `out` unless this generator's version wrote it there."""
+    marker = os.path.join(out, "VERSION")
+    done = False
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            done = f.read().strip() == str(VERSION)
     if not done:
         log(f"writing Fashion-MNIST detection composites to {out} (once)")
         generate(out, seed=seed, log=log, **kwargs)

@@ -160,7 +160,9 @@ def deeplab(
 
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="image_pooling_gap")(features)
     pooled = _conv_bn_relu(pooled, depth, 1, "image_pooling", m, e)
-    branches = [_Resize(size, name="image_pooling_upsample")(pooled)]
+    # Bilinear upsampling of a 1x1 map is tiling it: nearest UpSampling2D does that, and
+    # tfmot's quantization-aware training knows the layer.
+    branches = [layers.UpSampling2D(size, name="image_pooling_upsample")(pooled)]
     branches.append(_conv_bn_relu(features, depth, 1, "aspp0", m, e))
     if aspp:
         rates = atrous_rates or tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)

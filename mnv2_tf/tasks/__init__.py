@@ -6,8 +6,13 @@ from mnv2_tf.errors import UserError
 from mnv2_tf.tasks.base import Column, Comparison, Evaluator, Task
 from mnv2_tf.tasks.classification import Classification
 from mnv2_tf.tasks.detection import Detection
+from mnv2_tf.tasks.segmentation import Segmentation
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "detection": Detection}
+TASKS: dict[str, type[Task]] = {
+    "classification": Classification,
+    "detection": Detection,
+    "segmentation": Segmentation,
+}
 
 
 def task_class(name: str) -> type[Task]:
@@ -28,6 +33,7 @@ __all__ = [
     "Comparison",
     "Detection",
     "Evaluator",
+    "Segmentation",
     "Task",
     "get",
     "task_class",

@@ -4,6 +4,7 @@ Paper (Section 6.1): RMSProp with decay 0.9, momentum 0.9 and epsilon 1.0 (TF1 s
 epsilon inside the square root, which `tf_keras.optimizers.RMSprop` keeps), learning rate
 0.045 for a batch of 96 scaled linearly with the batch, x0.98 per epoch, weight decay 4e-5.
 Modern: SGD with Nesterov momentum or AdamW, linear warm-up then cosine decay.
+DeepLab: SGD with momentum, polynomial decay ("poly": peak x (1 - progress) ^ 0.9).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import tf_keras
 from mnv2_tf.errors import UserError
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
-SCHEDULES = ("exponential", "cosine")
+SCHEDULES = ("exponential", "cosine", "poly")
+POLY_POWER = 0.9  # DeepLab's learning_power
 
 
 class WarmupSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0, then exponential (staircase per `decay_steps`) or cosine decay."""
+    """Linear warm-up from 0, then exponential (staircase per `decay_steps`), cosine or
+    polynomial decay."""
 
     def __init__(
         self,
@@ -50,7 +53,10 @@ class WarmupSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         else:
             span = tf.maximum(float(self.total_steps - self.warmup_steps), 1.0)
             progress = tf.minimum(after / span, 1.0)
-            decayed = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            if self.kind == "poly":
+                decayed = self.peak * tf.pow(1.0 - progress, POLY_POWER)
+            else:
+                decayed = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
         if self.warmup_steps:
             return tf.where(step < warmup, self.peak * (step + 1.0) / warmup, decayed)
         return decayed

@@ -1,0 +1,63 @@
+"""Mobile DeepLabv3 on Fashion-MNIST composites, offline, on a CPU: the segmentation default.
+
+    python pipeline.py --config=configs/segmentation_fmnist.py --workdir=runs/seg
+    python pipeline.py --config=configs/segmentation_fmnist.py:quick --workdir=runs/seg_quick
+
+The first run writes the composites (`python -m mnv2_tf.data.synthetic`: 12,000 training
+and 1,000 test canvases of 192 px, 1-4 items each) under ~/.cache/mnv2_tf, then reads their
+VOC layout (JPEGImages/, SegmentationClass/ palette PNGs with a 255 boundary band,
+ImageSets/Segmentation/) as a user's own VOC folder: 11 classes, background + the 10 items.
+MobileNetV2 + the paper's mobile head (1x1 branch + image pooling, no ASPP) at output
+stride 16, DeepLab's scale/crop/flip augmentation, SGD with warm-up and cosine decay.
+Results: benchmarks/results/segmentation_fmnist.json.
+"""
+
+from mnv2_tf.config import base_config
+from mnv2_tf.data import synthetic
+
+DATA_DIR = synthetic.DEFAULT_DIR + "/voc"
+
+
+def get_config(variant: str = ""):
+    config = base_config()
+    config.task = "segmentation"
+    config.model.alpha = 0.5
+    config.model.input_size = 160
+    config.model.output_stride = 16
+    config.model.crop_fraction = 1.0  # segmentation sees the whole image
+
+    config.data.source = "voc"
+    config.data.data_dir = DATA_DIR
+    config.data.synthetic = True
+    config.data.eval_split = "test"
+    config.data.shuffle_buffer = 12_000
+
+    config.segmentation.min_scale = 0.5
+    config.segmentation.max_scale = 2.0
+
+    config.train.epochs = 12
+    config.train.batch_size = 32
+    config.train.optimizer = "sgd"
+    config.train.learning_rate = 0.05
+    config.train.lr_batch_size = 32
+    config.train.schedule = "cosine"
+    config.train.warmup_epochs = 0.5
+    config.train.weight_decay = 4e-5
+    config.train.label_smoothing = 0.0
+    config.train.ema_decay = 0.999
+    config.train.precise_bn_images = 512
+
+    config.export.calibration_steps = 8
+    config.export.qat_epochs = 0.5
+    config.export.qat_learning_rate = 2e-3
+    config.export.eval_batch_size = 50
+    if variant == "quick":
+        config.train.epochs = 2
+        config.data.max_train_examples = 1000
+        config.data.max_eval_examples = 100
+        config.model.bn_momentum = 0.9
+        config.train.ema_decay = 0.99
+        config.export.qat_epochs = 0.1
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of segmentation_fmnist.py; use '' or 'quick'")
+    return config

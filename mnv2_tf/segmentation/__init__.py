@@ -1,0 +1,1 @@
+"""Semantic segmentation machinery: the loss and the confusion-matrix mIOU."""
