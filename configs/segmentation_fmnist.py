@@ -59,5 +59,7 @@ def get_config(variant: str = ""):
         config.train.ema_decay = 0.99
         config.export.qat_epochs = 0.1
     elif variant:
-        raise ValueError(f"unknown variant {variant!r} of segmentation_fmnist.py; use '' or 'quick'")
+        raise ValueError(
+            f"unknown variant {variant!r} of segmentation_fmnist.py; use '' or 'quick'"
+        )
     return config

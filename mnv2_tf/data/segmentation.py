@@ -70,9 +70,11 @@ def read_mask(path: str) -> np.ndarray:
         return pixels.astype(np.uint8)
     if mode in ("I", "I;16") and pixels.max(initial=0) <= 255:
         return pixels.astype(np.uint8)
-    if mode in ("RGB", "RGBA") and (pixels[..., 0] == pixels[..., 1]).all() and (
-        pixels[..., 0] == pixels[..., 2]
-    ).all():
+    if (
+        mode in ("RGB", "RGBA")
+        and (pixels[..., 0] == pixels[..., 1]).all()
+        and (pixels[..., 0] == pixels[..., 2]).all()
+    ):
         return pixels[..., 0].astype(np.uint8)
     raise UserError(
         f"{path}: a {mode} mask with colours, not class ids; save it as a palette PNG (VOC's "
@@ -163,7 +165,10 @@ def load_voc(data_cfg, split: str) -> sources.Source:
         raise UserError("data.source='voc' needs data.data_dir: a VOC year folder")
     names = detection.voc_split_names(root, split, kind="Segmentation")
     pairs = [
-        (os.path.join(root, "JPEGImages", n + ".jpg"), os.path.join(root, "SegmentationClass", n + ".png"))
+        (
+            os.path.join(root, "JPEGImages", n + ".jpg"),
+            os.path.join(root, "SegmentationClass", n + ".png"),
+        )
         for n in names
     ]
     given = list(data_cfg.get("class_names") or ())

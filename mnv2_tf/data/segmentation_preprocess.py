@@ -51,9 +51,7 @@ def augment(image, mask, size: int, min_scale: float, max_scale: float, mean: fl
     image, mask = _pad_to(image, mask, size, size, mean)
     both = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
     both = tf.image.random_crop(both, [size, size, 4])
-    both = tf.cond(
-        tf.random.uniform([]) < 0.5, lambda: tf.reverse(both, axis=[1]), lambda: both
-    )
+    both = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(both, axis=[1]), lambda: both)
     return both[..., :3], tf.cast(both[..., 3:], tf.uint8)
 
 

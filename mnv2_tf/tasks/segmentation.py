@@ -162,7 +162,9 @@ class Segmentation(base.Task):
     def __init__(self, config, num_classes: int, class_names: list[str] | None = None):
         super().__init__(config, num_classes, class_names)
         probe = self.build_model()
-        self.head_layers = frozenset(l.name for l in probe.layers if deeplab.is_head(l.name))
+        self.head_layers = frozenset(
+            layer.name for layer in probe.layers if deeplab.is_head(layer.name)
+        )
         self.size = config.model.input_size
 
     # --- model ---------------------------------------------------------------------------
@@ -305,9 +307,7 @@ class Segmentation(base.Task):
                     ax.set_title(title, fontsize=9)
         present = sorted({int(c) for c in np.unique(predicted)} | {
             int(c) for c in np.unique(np.asarray(batch["mask"])) if c != 255})  # fmt: skip
-        legend = ", ".join(
-            self.class_names[c] for c in present if 0 < c < len(self.class_names)
-        )
+        legend = ", ".join(self.class_names[c] for c in present if 0 < c < len(self.class_names))
         fig.suptitle(f"classes shown: {legend}", fontsize=8)
         fig.tight_layout()
         return fileio.png_bytes(fig, dpi=90)
