@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -56,6 +57,16 @@ def backbone_feature(net: tf_keras.Model, backbone: str, block_specs=None):
     return block_output_layer(net, blocks - 1).output
 
 
+def nearest_ids(ids, size: int):
+    """Class ids [B, h, w, C] (uint8) resized to size x size by nearest neighbour with half-pixel
+    centres (as `tf.image.resize(..., "nearest")`), as two GATHERs: TFLite's
+    RESIZE_NEAREST_NEIGHBOR takes no plain uint8, GATHER does, and moves bytes only."""
+    h, w = int(ids.shape[1]), int(ids.shape[2])
+    rows = np.minimum(np.floor((np.arange(size) + 0.5) * h / size), h - 1).astype(np.int32)
+    cols = np.minimum(np.floor((np.arange(size) + 0.5) * w / size), w - 1).astype(np.int32)
+    return tf.gather(tf.gather(ids, rows, axis=1), cols, axis=2)
+
+
 def _conv_bn_relu(x, filters, kernel, name, momentum, epsilon, rate=1):
     x = layers.Conv2D(
         filters, kernel, padding="same", dilation_rate=rate, use_bias=False, name=name
@@ -76,7 +87,7 @@ class _Resize(layers.Layer):
 
     def call(self, x):
         if self.method == "nearest":
-            return tf.image.resize(x, self.size, method="nearest")
+            return nearest_ids(x, self.size[0])
         return tf.image.resize(x, self.size, method="bilinear")
 
     def get_config(self):

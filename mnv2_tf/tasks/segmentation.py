@@ -63,7 +63,7 @@ def category_mask(logits, size: int, method: str = "logits", stride: int = 4):
         raise UserError(f"segmentation.mask_upsampling={method!r}; use {deeplab.MASK_UPSAMPLING}")
     ids = tf.cast(tf.argmax(low, axis=-1, output_type=tf.int32), tf.uint8)[..., None]
     if low.shape[1] != size:
-        ids = tf.image.resize(ids, [size, size], method="nearest")
+        ids = deeplab.nearest_ids(ids, size)
     return ids
 
 
