@@ -35,7 +35,7 @@ def get_config(variant: str = ""):
     config.segmentation.min_scale = 0.5
     config.segmentation.max_scale = 2.0
 
-    config.train.epochs = 12
+    config.train.epochs = 10
     config.train.batch_size = 32
     config.train.optimizer = "sgd"
     config.train.learning_rate = 0.05
