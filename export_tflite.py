@@ -4,6 +4,7 @@
     python export_tflite.py --workdir=runs/fmnist --config.export.modes=int8 \
         --config.export.image_input=uint8 --config.export.io_type=uint8 \
         --config.export.debug_quantization=True
+    python export_tflite.py --workdir=runs/seg --category_mask   # a segmenter's class mask
 
 Reads the task, architecture, preprocessing, data source and export settings from the
 workdir's config.json (the config it was trained with); `--config.export.FIELD=VALUE`
@@ -37,6 +38,12 @@ _WEIGHTS = flags.DEFINE_enum(
     list(run.WEIGHTS_CHOICES),
     "final (the finished run, or its latest checkpoint), best, or checkpoint.",
 )
+_CATEGORY_MASK = flags.DEFINE_bool(
+    "category_mask",
+    None,
+    "Segmentation: output the class id per pixel (uint8) instead of the per-pixel scores "
+    "(--config.export.category_mask).",
+)
 _NO_CHECK = flags.DEFINE_bool(
     "skip_check", False, "Keep files that fail the Keras-vs-TFLite self-check."
 )
@@ -45,6 +52,8 @@ _NO_CHECK = flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     del argv
     overrides = cli.overrides(flags.FLAGS["config"], "export")
+    if _CATEGORY_MASK.value is not None:
+        overrides["category_mask"] = _CATEGORY_MASK.value
     report = exporter.export(
         _WORKDIR.value,
         overrides,

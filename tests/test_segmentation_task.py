@@ -103,23 +103,29 @@ def test_a_dynamic_batch_would_lower_the_dilated_convs(segmentation_run):
 
 
 @needs_fmnist
-def test_scores_model_matches_keras_and_the_mask_ways_agree(segmentation_run):
-    """The per-pixel scores export (the default, without --category_mask) gives Keras'
-    probabilities; every way to the mask mostly agrees with the reference argmax."""
+def test_scores_model_matches_keras_and_the_mask_ways_agree(segmentation_run, tmp_path):
+    """The per-pixel scores export (export.category_mask off, as an override of the run's
+    setting) gives Keras' probabilities; every way to the mask mostly agrees with the
+    reference argmax."""
+    from mnv2_tf.export import exporter
     from mnv2_tf.export import run as run_lib
 
-    run = run_lib.load(str(segmentation_run))
-    run.config.export.category_mask = False
-    content = convert.convert(run.model, "float32", run.preprocessing,
-                              outputs=run.task.serving_outputs, batch_size=1)  # fmt: skip
+    exported = exporter.export(
+        str(segmentation_run), {"modes": "float32", "category_mask": False},
+        output_dir=str(tmp_path), log=lambda *_: None,
+    )  # fmt: skip
+    assert exported["models"]["float32"]["check"] == "passed"
+    content = (tmp_path / "model_float32.tflite").read_bytes()
     info = convert.inspect(content)
     assert [(o.dtype, o.shape) for o in info.outputs] == [("float32", [1, 64, 64, 11])]
+    run = run_lib.load(str(segmentation_run))
     ds, _ = run.task.dataset(run.preprocessing, "test", training=False, batch_size=4)
     batch = next(ds.as_numpy_iterator())
-    ours = evaluate.Runner(content, run.preprocessing)(batch["image"])["scores"]
-    theirs = run.task.serving_outputs(run.model, batch["image"])["scores"].numpy()
+    pixels = evaluate.on_pixel_grid(batch["image"], run.preprocessing)
+    ours = evaluate.Runner(content, run.preprocessing, raw_pixels=True)(pixels)["scores"]
+    logits = run.model(pixels, training=False)
+    theirs = segmentation_task.scores(logits, 64).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-    logits = run.model(batch["image"], training=False)
     reference = segmentation_task.category_mask(logits, 64, "logits").numpy()
     assert (reference[..., 0] == theirs.argmax(-1)).all()
     for method, stride in (("scores_bilinear", 2), ("scores_bilinear", 4), ("argmax_nearest", 8)):

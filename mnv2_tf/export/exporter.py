@@ -123,6 +123,8 @@ def export(
     """
     run = run_lib.load(workdir, weights)
     settings = settings_of(run.config, overrides)
+    with run.config.unlocked():  # the task reads its export fields (category_mask) there
+        run.config.export = settings
     modes = modes_of(settings)
     image_input = settings.image_input or None
     task = run.task
