@@ -38,10 +38,14 @@ def test_colab_quickstart_runs_offline(tmp_path, monkeypatch):
         out for cell in notebook.cells for out in cell.get("outputs", [])
         if "image/png" in out.get("data", {})
     ]  # fmt: skip
-    assert len(images) == 3  # training curves, trade-off, the detector's eval images
+    # training curves, trade-off, the detector's and the segmenter's eval images
+    assert len(images) == 4
     det = pathlib.Path(str(workdir) + "_detection")
     assert (det / "export" / "model_int8.tflite").exists() and (det / "examples.png").exists()
     assert "mAP TFLite" in text
+    seg = pathlib.Path(str(workdir) + "_segmentation")
+    assert (seg / "export" / "model_int8.tflite").exists() and (seg / "examples.png").exists()
+    assert "mIOU TFLite" in text
 
 
 def test_notebook_is_valid_and_has_no_stored_outputs():
