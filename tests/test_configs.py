@@ -30,13 +30,15 @@ def test_config_has_the_common_fields_and_round_trips(path):
     assert ml_collections.ConfigDict(as_json).to_dict() == as_json
 
 
-def test_configs_are_the_expected_five():
+def test_configs_are_the_expected_seven():
     assert CONFIGS == [
         "configs/coco_ssdlite.py",
         "configs/detection_fmnist.py",
         "configs/fashion_mnist.py",
         "configs/finetune_folder.py",
         "configs/imagenet.py",
+        "configs/segmentation_fmnist.py",
+        "configs/voc_deeplab.py",
     ]
 
 
