@@ -7,7 +7,7 @@ The first run writes the composites (`python -m mnv2_tf.data.synthetic`: 12,000 
 and 1,000 test canvases of 192 px, 1-4 items each) under ~/.cache/mnv2_tf, then reads their
 VOC layout (JPEGImages/, SegmentationClass/ palette PNGs with a 255 boundary band,
 ImageSets/Segmentation/) as a user's own VOC folder: 11 classes, background + the 10 items.
-MobileNetV2 + the paper's mobile head (1x1 branch + image pooling, no ASPP) at output
+MobileNetV2 0.5 at 128 px + the paper's mobile head (1x1 branch + image pooling, no ASPP) at output
 stride 16, DeepLab's scale/crop/flip augmentation, SGD with warm-up and cosine decay.
 Results: benchmarks/results/segmentation_fmnist.json.
 """
@@ -22,7 +22,7 @@ def get_config(variant: str = ""):
     config = base_config()
     config.task = "segmentation"
     config.model.alpha = 0.5
-    config.model.input_size = 160
+    config.model.input_size = 128
     config.model.output_stride = 16
     config.model.crop_fraction = 1.0  # segmentation sees the whole image
 

@@ -75,7 +75,7 @@ def _png(array: np.ndarray, mode: str | None = None, palette: bool = False) -> b
     image = Image.fromarray(array, mode=mode)
     if palette:
         image = Image.fromarray(array, mode="P")
-        image.putpalette(synthetic._palette())
+        image.putpalette(synthetic.voc_palette())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,7 +1,10 @@
 """Per-example preprocessing of segmentation data: pixels and mask move together.
 
 Training (DeepLab's `preprocess_image_and_label`): a random scale in [min_scale, max_scale]
-(image bilinear, mask nearest-neighbour: ids are never interpolated), padding to at least
+of the evaluation view's (the image's longer side at the input size: DeepLab's raw scales
+assume images about the crop's size, as VOC's ~500 px at 513; relative to the evaluation
+view they mean the same for any image and input size), image bilinear, mask
+nearest-neighbour (ids are never interpolated), padding to at least
 the crop size (image with the mean pixel, so it normalizes to 0; mask with 255, ignored),
 a random crop of the model's input size taken at the same offset from both, a horizontal
 flip of both (p = 0.5).
@@ -40,11 +43,11 @@ def _pad_to(image, mask, height, width, mean: float):
 
 
 def augment(image, mask, size: int, min_scale: float, max_scale: float, mean: float):
-    """Random scale, pad, crop `size` x `size` and flip of an image (uint8/float [H, W, 3])
-    and its mask (uint8 [H, W, 1]), together."""
+    """Random scale (relative to the evaluation view), pad, crop `size` x `size` and flip of
+    an image (uint8/float [H, W, 3]) and its mask (uint8 [H, W, 1]), together."""
     image = tf.cast(image, tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.random.uniform([], min_scale, max_scale)
+    scale = tf.random.uniform([], min_scale, max_scale) * size / tf.reduce_max(shape)
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
     image = tf.image.resize(image, new, method="bilinear")
     mask = tf.image.resize(mask, new, method="nearest")

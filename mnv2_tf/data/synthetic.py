@@ -44,7 +44,7 @@ IGNORE = 255
 DEFAULT_DIR = f"~/.cache/mnv2_tf/fmnist_composites_v{VERSION}"
 
 
-def _palette() -> list[int]:
+def voc_palette() -> list[int]:
     """VOC's colour map (bit-interleaved), 256 entries."""
     palette = []
     for i in range(256):
@@ -186,7 +186,7 @@ def generate(
             f"Fashion-MNIST not found in {directory}; apt-get install dataset-fashion-mnist"
         )
     class_names = list(sources.FASHION_MNIST_CLASSES)
-    palette = _palette()
+    palette = voc_palette()
     voc = os.path.join(out, "voc")
     for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject"):
         fileio.makedirs(os.path.join(voc, sub))

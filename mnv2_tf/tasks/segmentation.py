@@ -282,7 +282,7 @@ class Segmentation(base.Task):
 
         from mnv2_tf.data import synthetic
 
-        palette = np.asarray(synthetic._palette(), np.float32).reshape(256, 3)
+        palette = np.asarray(synthetic.voc_palette(), np.float32).reshape(256, 3)
         palette[255] = 255
         predicted = predicted_ids(outputs)
         count = len(batch["image"])
