@@ -88,3 +88,30 @@ def copy_report(workdir: str, docs: str) -> None:
     for name in sorted(os.listdir(workdir)):
         if name.startswith("report.") or name.endswith(".png"):
             shutil.copy(os.path.join(workdir, name), os.path.join(docs, name))
+
+
+def train_until(
+    config: str, workdir: str, overrides: list[str], epoch_line, stop, log_name: str = ""
+) -> list[dict]:
+    """`train.py --config=CONFIG` plus `overrides` in a fresh `workdir`, read epoch by epoch:
+    `epoch_line(line)` gives a dict of an epoch's figures (or None for other lines), each
+    stamped with its seconds; training stops once `stop(epochs)` holds. Returns the epochs."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    command = [sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
+    print("$", " ".join(command), flush=True)
+    start = time.time()
+    epochs: list[dict] = []
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            figures = epoch_line(line)
+            if figures is None:
+                continue
+            epochs.append({**figures, "seconds": round(time.time() - start, 1)})
+            print(f"  {log_name}: {epochs[-1]}", flush=True)
+            if stop(epochs):
+                process.terminate()
+                break
+        process.wait()
+    return epochs

@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
-import time
 
 from absl import app, flags
 
@@ -48,29 +44,24 @@ VARIANTS = {  # names without commas (--only takes a comma-separated list)
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .*eval_map ([\d.]+) eval_map50 ([\d.]+)")
 
 
+def _epoch(line: str) -> dict | None:
+    match = EPOCH_LINE.search(line)
+    if not match:
+        return None
+    return {"epoch": int(match[1]), "map": float(match[2]), "map50": float(match[3])}
+
+
+def _stop(epochs: list[dict]) -> bool:
+    if _SECONDS.value:
+        return epochs[-1]["seconds"] >= _SECONDS.value
+    return len(epochs) >= _EPOCHS.value
+
+
 def run(name: str, overrides: list[str]) -> dict:
     workdir = f"/tmp/mnv2_levers/{re.sub(r'[^a-z0-9]+', '_', name.lower())}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    command = [sys.executable, "train.py", "--config=configs/detection_fmnist.py",
-               f"--workdir={workdir}", *overrides]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    start = time.time()
-    epochs = []
-    with subprocess.Popen(command, cwd=common.ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as process:  # fmt: skip
-        for line in process.stdout:
-            match = EPOCH_LINE.search(line)
-            if match:
-                epochs.append({
-                    "epoch": int(match[1]), "map": float(match[2]), "map50": float(match[3]),
-                    "seconds": round(time.time() - start, 1),
-                })  # fmt: skip
-                print(f"  {name}: {epochs[-1]}", flush=True)
-                past = _SECONDS.value and epochs[-1]["seconds"] >= _SECONDS.value
-                if past or (not _SECONDS.value and len(epochs) >= _EPOCHS.value):
-                    process.terminate()
-                    break
-        process.wait()
+    epochs = common.train_until(
+        "configs/detection_fmnist.py", workdir, overrides, _epoch, _stop, name
+    )
     return {"overrides": overrides, "epochs": epochs}
 
 
