@@ -23,6 +23,11 @@ import common
 _EPOCHS = flags.DEFINE_integer("epochs_seen", 3, "Epochs of each variant.")
 _OUT = flags.DEFINE_string("out", common.results_path("segmentation_levers"), "JSON output.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these variants.")
+_CLASSIFIER = flags.DEFINE_string(
+    "classifier", "/tmp/mnv2_main_job",
+    "A Fashion-MNIST classification workdir (alpha 0.35; benchmarks/main_job.py writes one "
+    "here) whose backbone initializes the 'from the classifier' variant.",
+)  # fmt: skip
 
 VARIANTS = {  # names without commas (--only takes a comma-separated list)
     "default (OS 16)": [],
@@ -34,6 +39,11 @@ VARIANTS = {  # names without commas (--only takes a comma-separated list)
     ],
     "learning rate 0.1": ["--config.train.learning_rate=0.1"],
     "ASPP": ["--config.segmentation.aspp=True"],
+    "alpha 0.35": ["--config.model.alpha=0.35"],
+    # The paper starts from ImageNet weights; offline, the Fashion-MNIST classifier (trained
+    # on the training items, 91.8% top-1) stands in: its stride-1 stem sees 28 px items, as
+    # this stride-2 stem sees the 25-77 px items of a 128 px canvas at about half.
+    "alpha 0.35 from the classifier": ["--config.model.alpha=0.35", "CLASSIFIER"],
 }
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .*eval_miou ([\d.]+) eval_pixel_accuracy ([\d.]+)")
 
@@ -55,6 +65,8 @@ def main(argv):
         if _ONLY.value and name not in _ONLY.value:
             continue
         workdir = f"/tmp/mnv2_seg_levers/{re.sub(r'[^a-z0-9]+', '_', name.lower())}"
+        init = f"--config.model.init_from={_CLASSIFIER.value}"
+        overrides = [init if o == "CLASSIFIER" else o for o in overrides]
         epochs = common.train_until(
             "configs/segmentation_fmnist.py", workdir, overrides, _epoch,
             lambda e: len(e) >= _EPOCHS.value, name,
