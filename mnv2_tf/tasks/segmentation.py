@@ -307,9 +307,16 @@ class Segmentation(base.Task):
                     ax.set_title(title, fontsize=9)
         present = sorted({int(c) for c in np.unique(predicted)} | {
             int(c) for c in np.unique(np.asarray(batch["mask"])) if c != 255})  # fmt: skip
-        legend = ", ".join(self.class_names[c] for c in present if 0 < c < len(self.class_names))
-        fig.suptitle(f"classes shown: {legend}", fontsize=8)
-        fig.tight_layout()
+        from matplotlib.patches import Patch
+
+        handles = [
+            Patch(color=palette[c] / 255, label=self.class_names[c])
+            for c in present if 0 < c < len(self.class_names)
+        ]  # fmt: skip
+        handles.append(Patch(color="white", ec="grey", label="ignored (truth)"))
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
+        legend_inches = 0.2 * -(-len(handles) // 4) + 0.1
+        fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
         return fileio.png_bytes(fig, dpi=90)
 
     def finetune(self):
