@@ -105,7 +105,7 @@ def pipeline_figures(wall: float, lines, workdir: str) -> dict:
     return {
         "wall_time_s": round(wall, 1),
         "wall_time_min": round(wall / 60, 2),
-        "stage_seconds": common.stage_times(lines, wall) if lines else None,
+        "stage_seconds": common.stage_times(lines, wall),
         "epochs": len(metrics),
         "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},
         "best_eval_miou": max(m["eval_miou"] for m in metrics),
@@ -246,7 +246,7 @@ def ratios(latency: dict, configured: str) -> dict:
     out = {}
     for key, ms in latency.items():
         name, threads = key.split("@")
-        mode, way = name.split("/")
+        mode, way = name.split("/", 1)
         reference = latency.get(f"{mode}/logits@{threads}")
         if reference and way not in ("logits",):
             out[f"{name}@{threads}"] = round(ms / reference, 3)
@@ -263,18 +263,16 @@ def main(argv):
         detection.ensure_synthetic(config.data)
     data_seconds = time.time() - start
     workdir = _WORKDIR.value
-    results: dict = {}
-    if os.path.exists(_OUT.value):
-        with open(_OUT.value) as f:
-            results = json.load(f)
-    if _REUSE.value:
-        wall = results.get("pipeline", {}).get("wall_time_s", float("nan"))
-        lines = None
+    if _REUSE.value:  # the finished run's own log: its lines and their seconds
+        lines = []
+        with open(os.path.join(workdir, "pipeline.log")) as f:
+            for line in f:
+                stamp, _, text = line.strip("\n").partition("s  ")
+                lines.append((float(stamp), text))
+        wall = lines[-1][0]
     else:
         wall, lines = common.run_pipeline(_CONFIG.value, workdir, fresh=True)
     pipeline = pipeline_figures(wall, lines, workdir)
-    if lines is None and "pipeline" in results:
-        pipeline["stage_seconds"] = results["pipeline"].get("stage_seconds")
     common.copy_report(workdir, _DOCS.value)
     seg = config.segmentation
     configured = (
