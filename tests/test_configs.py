@@ -63,6 +63,7 @@ def test_imagenet_dry_run_on_mock_data(tmp_path):
     assert (tmp_path / "final" / "model.h5").exists()
 
 
+@pytest.mark.slow  # ~25 s: a 128 px SSDLite through the trainer on mocked COCO
 def test_coco_ssdlite_dry_run_on_mock_data(tmp_path):
     """The paper's COCO recipe, checked without data or downloads (what `train.py
     --dry_run` does): mocked coco/2017 examples, a few steps and an mAP."""

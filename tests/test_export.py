@@ -147,6 +147,7 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
     assert errors == sorted(errors, reverse=True)
 
 
+@pytest.mark.slow  # ~20 s: raw-pixel float32 and int8 conversions, evaluated
 @needs_fmnist
 def test_raw_pixel_input_predicts_like_the_float_model(workdir, tmp_path):
     report = export(
@@ -186,6 +187,7 @@ def weight_scales_per_tensor(path: pathlib.Path) -> int:
     )
 
 
+@pytest.mark.slow  # ~20 s: two int8 conversions and their LiteRT evaluations
 @needs_fmnist
 def test_per_tensor_int8_is_smaller_and_has_one_scale_per_tensor(workdir, tmp_path):
     """`--per_tensor` through the CLI against the default per-channel int8 of the same run."""

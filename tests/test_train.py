@@ -158,6 +158,7 @@ def test_rerunning_resumes_and_keeps_one_run_of_metrics(trained, tmp_path):
     assert again == history
 
 
+@pytest.mark.slow  # ~25 s: a training killed and resumed
 @needs_fmnist
 def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     args = (
