@@ -115,3 +115,24 @@ def train_until(
                 break
         process.wait()
     return epochs
+
+
+def read_run(workdir: str) -> tuple[dict, dict, list[dict]]:
+    """A finished pipeline run's report.json, export/export_report.json and metrics.json."""
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(workdir, "export", "export_report.json")) as f:
+        export = json.load(f)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    return report, export, metrics
+
+
+def desktop_latency(report: dict) -> dict:
+    """{mode_Nt: median and p90 in us} of a pipeline report's desktop benchmark."""
+    return {
+        f"{r['mode']}_{r['threads']}t": {"median_us": r["median_us"], "p90_us": r["p90_us"]}
+        for run in report["runs"]
+        for r in run["benchmark"]
+        if r.get("target", "desktop") == "desktop"
+    }

@@ -18,7 +18,6 @@ The synthetic data are written first (if missing) and timed apart.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -70,12 +69,7 @@ def main(argv):
         lines = [*earlier, *[(t + offset, text) for t, text in lines]]
         wall += offset
     workdir = _WORKDIR.value
-    with open(os.path.join(workdir, "report.json")) as f:
-        report = json.load(f)
-    with open(os.path.join(workdir, "export", "export_report.json")) as f:
-        export = json.load(f)
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        metrics = json.load(f)
+    report, export, metrics = common.read_run(workdir)
     best = max(metrics, key=lambda m: m["eval_map"])
     final = metrics[-1]
     models = export["models"]
@@ -88,10 +82,7 @@ def main(argv):
         }
         for mode, m in models.items()
     }  # fmt: skip
-    latency = {
-        f"{r['mode']}_{r['threads']}t": {"median_us": r["median_us"], "p90_us": r["p90_us"]}
-        for run in report["runs"] for r in run["benchmark"] if r.get("target", "desktop") == "desktop"
-    }  # fmt: skip
+    latency = common.desktop_latency(report)
     gaps = {"int8": "int8_gap", "qat": "qat_gap", "float32": "float32_gap"}
     met = {
         "map50": final["eval_map50"] >= TARGETS["map50"],

@@ -24,7 +24,6 @@ composites, and what the app-facing segmenter costs.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -72,12 +71,7 @@ THREADS = (1, 2)
 
 
 def pipeline_figures(wall: float, lines, workdir: str) -> dict:
-    with open(os.path.join(workdir, "report.json")) as f:
-        report = json.load(f)
-    with open(os.path.join(workdir, "export", "export_report.json")) as f:
-        export = json.load(f)
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        metrics = json.load(f)
+    report, export, metrics = common.read_run(workdir)
     final = metrics[-1]
     models = export["models"]
     keras_miou = models["float32"]["keras_miou"]
@@ -89,10 +83,7 @@ def pipeline_figures(wall: float, lines, workdir: str) -> dict:
         }
         for mode, m in models.items()
     }  # fmt: skip
-    latency = {
-        f"{r['mode']}_{r['threads']}t": {"median_us": r["median_us"], "p90_us": r["p90_us"]}
-        for run in report["runs"] for r in run["benchmark"] if r.get("target", "desktop") == "desktop"
-    }  # fmt: skip
+    latency = common.desktop_latency(report)
     gaps = {"int8": "int8_gap", "qat": "qat_gap", "float32": "float32_gap"}
     met = {
         "miou": final["eval_miou"] >= TARGETS["miou"],

@@ -223,6 +223,21 @@ def load_saved(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
     return config, facts
 
 
+def set_fields(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """A copy of `config` with {"model.linear_bottleneck": False, ...} applied; an unknown
+    field is a KeyError."""
+    import copy
+
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        for field, value in overrides.items():
+            section, key = field.split(".")
+            if key not in config[section]:
+                raise KeyError(f"no config field {field}")
+            config[section][key] = value
+    return config
+
+
 def parse_list(value: str, kind=str, field: str = "") -> tuple:
     """A comma-separated config field ("float32,int8", "1,2") as a tuple of `kind`."""
     try:

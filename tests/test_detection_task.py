@@ -33,10 +33,7 @@ def tiny_detection_config(data_dir: str, **overrides):
         "bench.warmup_runs": 1, "bench.num_runs": 3, "bench.threads": "1",
         **overrides,
     }  # fmt: skip
-    for key, value in values.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
+    return config_lib.set_fields(config, values)
 
 
 @pytest.fixture(scope="session")

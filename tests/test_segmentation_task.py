@@ -35,10 +35,7 @@ def tiny_segmentation_config(data_dir: str, **overrides):
         "bench.threads": "1",
         **overrides,
     }  # fmt: skip
-    for key, value in values.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
+    return config_lib.set_fields(config, values)
 
 
 @pytest.fixture(scope="session")

@@ -255,8 +255,6 @@ TFDS_FIELDS = {"coco": ("objects", "is_crowd"), "voc": ("objects", "is_difficult
 
 
 def load_tfds(data_cfg, split: str) -> sources.Source:
-    import tensorflow_datasets as tfds
-
     name = data_cfg.name or ""
     family = name.split("/")[0]
     if family not in TFDS_FIELDS:
@@ -265,18 +263,7 @@ def load_tfds(data_cfg, split: str) -> sources.Source:
             "(e.g. coco/2017, voc/2007); use data.source='coco' for your own COCO files"
         )
     objects_key, drop_key = TFDS_FIELDS[family]
-    try:
-        builder = tfds.builder(name, data_dir=data_cfg.data_dir or None)
-        if data_cfg.get("download", False):
-            builder.download_and_prepare()
-        dataset = builder.as_dataset(
-            split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
-        )
-    except Exception as e:  # not prepared, unknown name, bad split
-        raise UserError(
-            f"TFDS dataset {name!r} split {split!r} unavailable ({str(e).splitlines()[0][:200]}); "
-            "set data.download=True where there is a network"
-        ) from e
+    builder, dataset = sources.open_tfds(data_cfg, split)
     info = builder.info
 
     def convert(ex):
@@ -292,13 +279,9 @@ def load_tfds(data_cfg, split: str) -> sources.Source:
         }
 
     dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-    try:
-        num_examples = info.splits[split].num_examples
-    except KeyError:
-        num_examples = int(dataset.reduce(0, lambda n, _: n + 1))
     source = sources.Source(
         dataset,
-        int(num_examples),
+        sources.tfds_num_examples(builder, dataset, split),
         list(info.features[objects_key]["label"].names),
         encoded=True,
         image_shape=(None, None, None),

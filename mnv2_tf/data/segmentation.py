@@ -220,8 +220,6 @@ def load_folder(data_cfg, split: str) -> sources.Source:
 
 
 def load_tfds(data_cfg, split: str) -> sources.Source:
-    import tensorflow_datasets as tfds
-
     name = data_cfg.name or ""
     family = name.split("/")[0].split(":")[0]
     if family not in TFDS_MASKS:
@@ -230,18 +228,7 @@ def load_tfds(data_cfg, split: str) -> sources.Source:
             "use data.source='voc' or 'folder' for your own masks"
         )
     feature, mapping, class_names = TFDS_MASKS[family]
-    try:
-        builder = tfds.builder(name, data_dir=data_cfg.data_dir or None)
-        if data_cfg.get("download", False):
-            builder.download_and_prepare()
-        dataset = builder.as_dataset(
-            split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
-        )
-    except Exception as e:  # not prepared, unknown name, bad split
-        raise UserError(
-            f"TFDS dataset {name!r} split {split!r} unavailable ({str(e).splitlines()[0][:200]}); "
-            "set data.download=True where there is a network"
-        ) from e
+    builder, dataset = sources.open_tfds(data_cfg, split)
     table = np.full(256, IGNORE, np.uint8)
     for stored, class_id in mapping.items():
         table[stored] = class_id
@@ -253,12 +240,8 @@ def load_tfds(data_cfg, split: str) -> sources.Source:
         return {"image": ex["image"], "mask": tf.io.encode_png(ids)}
 
     dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-    try:
-        num_examples = builder.info.splits[split].num_examples
-    except KeyError:
-        num_examples = int(dataset.reduce(0, lambda n, _: n + 1))
     source = sources.Source(
-        dataset, int(num_examples), list(class_names), encoded=True,
+        dataset, sources.tfds_num_examples(builder, dataset, split), list(class_names), encoded=True,
         image_shape=(None, None, None),
     )  # fmt: skip
     return sources.limit_examples(source, data_cfg, split)

@@ -223,6 +223,36 @@ def _load_folder(data_cfg, split: str) -> Source:
 # --- TFDS --------------------------------------------------------------------------------
 
 
+def open_tfds(data_cfg, split: str):
+    """(builder, dataset) of TFDS' `data.name`, `split`, images left encoded: for the tasks'
+    readers of datasets with boxes or masks. Not prepared, an unknown name or a bad split: a
+    one-line UserError."""
+    import tensorflow_datasets as tfds
+
+    name = data_cfg.name or ""
+    try:
+        builder = tfds.builder(name, data_dir=data_cfg.data_dir or None)
+        if data_cfg.get("download", False):
+            builder.download_and_prepare()
+        dataset = builder.as_dataset(
+            split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
+        )
+    except Exception as e:  # not prepared, unknown name, bad split
+        raise UserError(
+            f"TFDS dataset {name!r} split {split!r} unavailable ({str(e).splitlines()[0][:200]}); "
+            "set data.download=True where there is a network"
+        ) from e
+    return builder, dataset
+
+
+def tfds_num_examples(builder, dataset: tf.data.Dataset, split: str) -> int:
+    """The split's size from the builder's info, else counted (a split expression)."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except KeyError:
+        return int(dataset.reduce(0, lambda n, _: n + 1))
+
+
 def _load_tfds(data_cfg, split: str) -> Source:
     import tensorflow_datasets as tfds
 

@@ -83,18 +83,7 @@ def base_config(budget: Budget, quick: bool):
     return config
 
 
-def set_fields(config, overrides: dict):
-    """A copy of `config` with {"model.linear_bottleneck": False, ...} applied."""
-    import copy
-
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        for field, value in overrides.items():
-            section, key = field.split(".")
-            if key not in config[section]:
-                raise KeyError(f"no config field {field}")
-            config[section][key] = value
-    return config
+set_fields = config_lib.set_fields  # the experiments' variants are field overrides
 
 
 def run_dir(out: str, config, overrides: dict, seed: int) -> str:
