@@ -272,7 +272,7 @@ def ensure(out: str, *, seed: int = 0, log=print, **kwargs) -> None:
         with open(marker, encoding="utf-8") as f:
             done = f.read().strip() == str(VERSION)
     if not done:
-        log(f"writing Fashion-MNIST detection composites to {out} (once)")
+        log(f"writing the Fashion-MNIST composites (boxes and masks) to {out} (once)")
         generate(out, seed=seed, log=log, **kwargs)
 
 
