@@ -82,6 +82,16 @@ def run_pipeline(
     return wall, lines
 
 
+def read_pipeline_log(path: str) -> list[tuple[float, str]]:
+    """The (seconds, line) pairs `run_pipeline` wrote to a workdir's pipeline.log."""
+    lines = []
+    with open(path) as f:
+        for line in f:
+            stamp, _, text = line.strip("\n").partition("s  ")
+            lines.append((float(stamp), text))
+    return lines
+
+
 def copy_report(workdir: str, docs: str) -> None:
     """The pipeline's report.md, report.json and PNGs of `workdir`, copied into `docs`."""
     os.makedirs(docs, exist_ok=True)

@@ -57,12 +57,7 @@ def main(argv):
         detection.ensure_synthetic(config.data)
     data_seconds = time.time() - start
 
-    earlier = []
-    if _CONTINUE.value:
-        with open(_CONTINUE.value) as f:
-            for line in f:
-                stamp, _, text = line.strip("\n").partition("s  ")
-                earlier.append((float(stamp), text))
+    earlier = common.read_pipeline_log(_CONTINUE.value) if _CONTINUE.value else []
     wall, lines = common.run_pipeline(_CONFIG.value, _WORKDIR.value, fresh=not earlier)
     if earlier:  # the interrupted invocation's lines first, this one's after them
         offset = earlier[-1][0]

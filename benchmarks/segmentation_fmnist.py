@@ -250,7 +250,7 @@ def paper_size(runs: int, log=print) -> dict:
     return {"ops": ops, "latency_ms": _time_side_by_side(paths, runs)}
 
 
-def ratios(latency: dict, configured: str) -> dict:
+def ratios(latency: dict) -> dict:
     """Each way's time over the reference's, per mode and thread count."""
     out = {}
     for key, ms in latency.items():
@@ -273,11 +273,7 @@ def main(argv):
     data_seconds = time.time() - start
     workdir = _WORKDIR.value
     if _REUSE.value:  # the finished run's own log: its lines and their seconds
-        lines = []
-        with open(os.path.join(workdir, "pipeline.log")) as f:
-            for line in f:
-                stamp, _, text = line.strip("\n").partition("s  ")
-                lines.append((float(stamp), text))
+        lines = common.read_pipeline_log(os.path.join(workdir, "pipeline.log"))
         wall = lines[-1][0]
     else:
         wall, lines = common.run_pipeline(_CONFIG.value, workdir, fresh=True)
@@ -290,8 +286,8 @@ def main(argv):
     )  # fmt: skip
     trained = mask_ways(workdir, _RUNS.value)
     paper = paper_size(_RUNS.value)
-    trained["time_ratio_vs_reference"] = ratios(trained["latency_ms"], configured)
-    paper["time_ratio_vs_reference"] = ratios(paper["latency_ms"], configured)
+    trained["time_ratio_vs_reference"] = ratios(trained["latency_ms"])
+    paper["time_ratio_vs_reference"] = ratios(paper["latency_ms"])
     met = dict(pipeline["met"])
     for mode in ("float32", "int8"):
         for threads in THREADS:

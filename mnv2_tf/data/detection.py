@@ -197,10 +197,9 @@ def voc_class_names(root: str) -> list[str]:
     """The classes of a VOC-layout folder, the same for every split: `labels.txt` (one name
     per line, in label order) if the folder has one; else VOC's 20 when every object's name
     is one of them; else the sorted names found in all of Annotations/."""
-    listing = os.path.join(root, "labels.txt")
-    if os.path.exists(listing):
-        with open(listing, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+    listed = sources.read_labels(os.path.join(root, "labels.txt"))
+    if listed is not None:
+        return listed
     found = set()
     folder = os.path.join(root, "Annotations")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():

@@ -204,11 +204,8 @@ def load_folder(data_cfg, split: str) -> sources.Source:
     root = data_cfg.data_dir
     if not root:
         raise UserError("data.source='folder' needs data.data_dir: the parent of <split>/images")
-    listing = os.path.join(root, "labels.txt")
     class_names = list(data_cfg.get("class_names") or ())
-    if not class_names and os.path.exists(listing):
-        with open(listing, encoding="utf-8") as f:
-            class_names = [line.strip() for line in f if line.strip()]
+    class_names = class_names or sources.read_labels(os.path.join(root, "labels.txt")) or []
     pairs = _limit(_folder_pairs(root, split), data_cfg, split)
     kept, skipped, largest = _check_all(pairs, len(class_names) if class_names else None)
     if not class_names:

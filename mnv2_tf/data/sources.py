@@ -58,6 +58,14 @@ def load(data_cfg, split: str) -> Source:
     return limit_examples(loaders[data_cfg.source](data_cfg, split), data_cfg, split)
 
 
+def read_labels(path: str) -> list[str] | None:
+    """The class names of a labels file (one per line, in label order), None if absent."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def limit_examples(source: Source, data_cfg, split: str) -> Source:
     """`source` cut to `data.max_train_examples` / `max_eval_examples` (None: all)."""
     if split == data_cfg.train_split:
