@@ -162,8 +162,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.export = ml_collections.ConfigDict()
     config.export.modes = "float32,int8,qat"  # comma-separated: float32,float16,dynamic,int8,qat
     config.export.calibration_steps = 16  # batches of 32 training images for int8 ranges
-    config.export.io_type = "int8"  # integer models' input/output: int8 | uint8 | float32
-    config.export.image_input = ""  # "uint8": raw RGB pixels in, normalization in the graph
+    # The defaults make the files an app loads unchanged (MediaPipe Tasks, the TFLite Task
+    # Library): camera pixels in (uint8, normalization in the graph or in the input's
+    # quantization), uint8 or float32 out.
+    config.export.io_type = "uint8"  # integer models' input/output: int8 | uint8 | float32
+    config.export.image_input = "uint8"  # "uint8": raw RGB pixels in; "": normalized floats
     config.export.per_tensor = False  # int8 PTQ: one weight scale per tensor, not per channel
     config.export.allow_float_ops = False  # keep an integer model that still has float ops
     config.export.qat_epochs = 1.0  # quantization-aware fine-tuning passes over the train split
@@ -174,6 +177,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Segmentation: output the class id per pixel (uint8, computed in the graph as
     # segmentation.mask_upsampling says) instead of the per-pixel class scores.
     config.export.category_mask = False
+    # TFLite metadata in every file (name, description, input normalization, labels, output
+    # roles) for MediaPipe Tasks and the TFLite Task Library: see mnv2_tf/export/app.py.
+    config.export.metadata = True
+    # The labels packed in the files, one per line in class order ("": the dataset's).
+    config.export.labels = ""
+    # True: refuse settings, and files, that MediaPipe Tasks cannot run.
+    config.export.mediapipe = False
 
     config.bench = ml_collections.ConfigDict()
     config.bench.threads = "1,2"  # comma-separated thread counts

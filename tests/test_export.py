@@ -304,6 +304,7 @@ def test_float_ops_are_found_and_refused():
     info = convert.inspect(content)
     assert any(op.startswith("SIN#") for op in info.float_ops)
     settings = base_config().export
+    settings.image_input = ""  # this model takes normalized int8 images
     with pytest.raises(UserError, match=r"float ops .*SIN.*export.allow_float_ops=True"):
         exporter.check_integer("int8", info, settings)
     exporter.check_integer("dynamic", info, settings)  # float by design

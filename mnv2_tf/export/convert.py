@@ -306,6 +306,25 @@ def inspect(content: bytes) -> ModelInfo:
     )
 
 
+def input_quantization(content: bytes) -> tuple[float, int, str] | None:
+    """(scale, zero point, dtype) of the grid an image input lands on: the input's own
+    quantization, or for a float input that the model quantizes first, that QUANTIZE op's
+    output's; None for a float model or a raw-pixel input."""
+    interpreter = load_interpreter(content)
+    detail = interpreter.get_input_details()[0]
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if scale:
+        return float(scale), int(zero_point), np.dtype(detail["dtype"]).name
+    if np.dtype(detail["dtype"]).kind != "f":
+        return None
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "QUANTIZE" and detail["index"] in op["inputs"]:
+            out = interpreter._get_tensor_details(op["outputs"][0], 0)
+            scale, zero_point = out["quantization"]
+            return float(scale), int(zero_point), np.dtype(out["dtype"]).name
+    return None
+
+
 def load_interpreter(content: bytes, num_threads: int | None = None) -> litert.Interpreter:
     """A LiteRT interpreter over a flatbuffer, with a one-line error if it is not one."""
     try:

@@ -4,7 +4,8 @@ Every model sees the same batches as the float Keras model; the task compares th
 outputs (`Task.comparison`), so what is measured (accuracy and agreement, mAP, mIOU, output
 error) is the task's, on identical inputs. Inputs are quantized with the model's own input
 parameters, as an app would; a raw-pixel (`image_input`) model is fed the de-normalized
-uint8 pixels.
+uint8 pixels. A model with metadata is fed as its metadata says (normalise with its mean and
+std, then quantize): the way MediaPipe Tasks feeds it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tf_keras
 
+from mnv2_tf.export import metadata
 from mnv2_tf.export.convert import load_interpreter
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.tasks import Task
@@ -42,6 +44,12 @@ class Runner:
         self.interpreter = load_interpreter(content, num_threads=num_threads)
         self.preprocessing = preprocessing
         self.raw_pixels = raw_pixels
+        meta = metadata.read(content)
+        # (mean, std) from the metadata, "raw" for an input that takes pixels as they are,
+        # None without metadata (then `preprocessing` and `raw_pixels` say).
+        self.normalization = None
+        if meta is not None:
+            self.normalization = meta.inputs[0].normalization or "raw"
         self.batch = None
         self.interpreter.allocate_tensors()
         self._details()
@@ -68,8 +76,12 @@ class Runner:
         """Normalized float images -> what the model's input tensor takes."""
         values = images
         dtype = np.dtype(self.input["dtype"])
-        if self.raw_pixels:  # camera pixels, as an app feeds them
+        if self.raw_pixels or self.normalization == "raw":  # camera pixels, as an app feeds them
             return to_pixels(images, self.preprocessing).astype(dtype)
+        if self.normalization is not None:  # the pixels, normalised as the metadata says
+            (mean,), (std,) = self.normalization
+            p = self.preprocessing
+            values = ((images * p.std + p.mean) - mean) / std
         if dtype.kind == "f":
             return values.astype(dtype)
         scale, zero_point = self.input["quantization"]

@@ -25,7 +25,7 @@ import tensorflow as tf
 from mnv2_tf import config as config_lib
 from mnv2_tf import fileio, profile, tasks
 from mnv2_tf.errors import UserError
-from mnv2_tf.export import convert, debug, evaluate, qat
+from mnv2_tf.export import app, convert, debug, evaluate, qat
 from mnv2_tf.export import run as run_lib
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
 
@@ -63,6 +63,11 @@ def settings_of(run_config, overrides: dict | None = None) -> ml_collections.Con
         )
     if settings.calibration_steps < 1:
         raise UserError("export.calibration_steps must be at least 1")
+    if settings.mediapipe and not settings.metadata:
+        raise UserError(
+            "export.mediapipe=True needs the metadata (MediaPipe reads labels and "
+            "normalization there); leave export.metadata=True"
+        )
     return settings
 
 
@@ -128,6 +133,18 @@ def export(
     modes = modes_of(settings)
     image_input = settings.image_input or None
     task = run.task
+    labels = (
+        app.read_labels(settings.labels, run.num_classes)
+        if settings.labels
+        else list(run.class_names)
+    )
+    if settings.mediapipe:
+        found = app.settings_problems(modes, settings, task)
+        if found:
+            raise UserError(
+                f"export.mediapipe=True: {found[0]}"
+                + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+            )
     out = output_dir or os.path.join(workdir, "export")
     fileio.makedirs(out)
     log(f"exporting {run.weights_from} ({run.model.name}, {task.name}) to {out}")
@@ -135,12 +152,11 @@ def export(
     calibration = None
     if any(m in convert.INTEGER_MODES for m in modes) or settings.debug_quantization:
         calibration = calibration_images(run, settings.calibration_steps)
-        if image_input:
-            # Two pixels at the ends of the range (black, white) make the input's range
-            # exactly [-1, 1] whatever the images hold: the uint8 input then takes pixels.
-            p = run.preprocessing
-            calibration[0, 0, 0, :] = (0.0 - p.mean) / p.std
-            calibration[0, 0, 1, :] = (255.0 - p.mean) / p.std
+        # Two pixels at the ends of the range (black, white) make the input's range exactly
+        # [-1, 1] whatever the images hold: one input level per pixel level (see app.py).
+        p = run.preprocessing
+        calibration[0, 0, 0, :] = (0.0 - p.mean) / p.std
+        calibration[0, 0, 1, :] = (255.0 - p.mean) / p.std
     representative = (
         _representative(calibration, task.serving_batch) if calibration is not None else None
     )
@@ -166,6 +182,8 @@ def export(
     report["macs"], report["params"] = counted.macs, counted.params
 
     contents: dict[str, bytes] = {}
+    bare: dict[str, bytes] = {}  # the files without metadata
+    infos: dict[str, convert.ModelInfo] = {}
     own_references = {}
     for mode in modes:
         start = time.time()
@@ -186,12 +204,26 @@ def export(
         if scales:
             entry["weight_scales"] = scales
         info = convert.inspect(content)
-        if image_input and mode == "int8":
+        if mode == "int8":
             content, info, entry["input_offset_compensated"] = _compensate(
-                run, content, info, representative, settings
+                run, content, representative, settings
             )
+        mean = run.preprocessing.mean
+        if mode in convert.INTEGER_MODES:
+            mean = app.pixel_mean(content, run.preprocessing)
+        entry["input_pixel_mean"] = mean
+        bare[mode], infos[mode] = content, info
+        not_ready = app.problems(info, task)
+        if settings.metadata:
+            content = _with_metadata(run, mode, content, info, mean, labels)
+        elif info.inputs[0].dtype == "float32":
+            not_ready.append("no metadata (export.metadata=False): no normalization to read")
+        entry["metadata"] = bool(settings.metadata)
+        entry["mediapipe"] = "ready" if not not_ready else "no: " + "; ".join(not_ready)
+        if settings.mediapipe and not_ready:
+            raise UserError(f"export.mediapipe=True: the {mode} model has {not_ready[0]}")
         entry.update(
-            size_bytes=info.size_bytes,
+            size_bytes=len(content),
             ops=info.ops,
             float_ops=info.float_ops,
             inputs=[dataclasses.asdict(t) for t in info.inputs],
@@ -234,6 +266,13 @@ def export(
         entry["check"] = task.check(mode, result)
         if check_failed(entry["check"]):
             failures.append(f"{mode}: {entry['check']}")
+        if settings.metadata:  # the description now holds the measured figure
+            content = _with_metadata(
+                run, mode, bare[mode], infos[mode], entry["input_pixel_mean"], labels,
+                app.figure_text(task, entry),
+            )  # fmt: skip
+            entry["size_bytes"] = len(content)
+            fileio.write_bytes_atomic(os.path.join(out, entry["file"]), content)
 
     if settings.debug_quantization:
         log("running the quantization debugger ...")
@@ -255,7 +294,7 @@ def export(
         )
         report["quantization_debug"] = rows[:10]
 
-    fileio.write_text_atomic(os.path.join(out, "labels.txt"), "\n".join(run.class_names) + "\n")
+    fileio.write_text_atomic(os.path.join(out, app.LABELS_FILE), "\n".join(labels) + "\n")
     fileio.write_json_atomic(os.path.join(out, "export_report.json"), report)
     fileio.write_text_atomic(os.path.join(out, "export_report.md"), markdown(report))
     if failures and check:
@@ -272,22 +311,34 @@ def export(
     return report
 
 
-def _compensate(run, content, info, representative, settings):
-    """Pixels fed to the uint8 input mean (p - zero_point) * scale, half a level off
-    (p - mean) / std: the first layer takes the offset back (`compensate_input_offset`)."""
-    io = info.inputs[0]
-    offset = (run.preprocessing.mean - io.zero_point) * io.scale
-    if abs(offset) < 1e-9:
+def _with_metadata(run, mode, content, info, mean, labels, figure=""):
+    meta = app.model_metadata(run, mode, info, mean, app.LABELS_FILE, figure)
+    return app.with_metadata(content, meta, labels)
+
+
+def _compensate(run, content, representative, settings):
+    """Pixel p lands on the input grid at p - pixel_mean (in levels), half a level off
+    (p - mean) / std: the first layer takes the offset back (`compensate_input_offset`),
+    and the metadata's normalization uses pixel_mean (see app.py)."""
+    quantization = convert.input_quantization(content)
+    pixel_mean = app.pixel_mean(content, run.preprocessing)
+    info = convert.inspect(content)
+    if quantization is None or abs(pixel_mean - run.preprocessing.mean) < 1e-9:
         return content, info, 0.0
+    offset = (run.preprocessing.mean - pixel_mean) * quantization[0]
     model = convert.compensate_input_offset(run.model, offset)
     if model is None:
         return content, info, 0.0
     content = convert.convert(
         model, "int8", run.preprocessing, outputs=run.task.serving_outputs,
-        representative=representative, io_type=settings.io_type, image_input="uint8",
-        per_tensor=settings.per_tensor, batch_size=run.task.serving_batch,
-        float_outputs=run.task.float_outputs,
+        representative=representative, io_type=settings.io_type,
+        image_input=settings.image_input or None, per_tensor=settings.per_tensor,
+        batch_size=run.task.serving_batch, float_outputs=run.task.float_outputs,
     )  # fmt: skip
+    if app.pixel_mean(content, run.preprocessing) != pixel_mean:
+        raise UserError(
+            "the compensated int8 model's input grid moved; report this with the config"
+        )
     return content, convert.inspect(content), offset
 
 
@@ -347,6 +398,17 @@ def markdown(report: dict) -> str:
             + " | ".join(c.format(m.get(c.key)) for c in columns)
             + f" | {m.get('check', '')} |"
         )
+    api = tasks.task_class(report.get("task", "classification")).mediapipe_api
+    ready = [m["file"] for m in report["models"].values() if m.get("mediapipe") == "ready"]
+    lines += [
+        "",
+        f"MediaPipe Tasks ({api}) loads unchanged: {', '.join(ready) or 'none'}."
+        + "".join(
+            f" `{m['file']}`: {m['mediapipe']}."
+            for m in report["models"].values()
+            if m.get("mediapipe", "ready") != "ready"
+        ),
+    ]
     lines += ["", "Op types per model:", ""]
     for mode, m in report["models"].items():
         ops = ", ".join(f"{k} {v}" for k, v in m["ops"].items())

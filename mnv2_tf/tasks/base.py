@@ -97,6 +97,10 @@ class Task:
     serving_batch: int | None = None
     # Integer models keep float32 outputs (io_type then applies to the input only).
     float_outputs: bool = False
+    # The MediaPipe Tasks API that runs this task's models, and what the models are called
+    # in their metadata ("image classifier").
+    mediapipe_api: str = ""
+    app_name: str = ""
     # The pipeline's report shows `examples_png` of the deployed model.
     draws_examples: bool = False
     # Columns of the export report and of the pipeline's summary table.
@@ -176,6 +180,24 @@ class Task:
     def serving_outputs(self, model: tf_keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """The TFLite model's outputs (names and values) from the inference model."""
         raise NotImplementedError
+
+    def output_metadata(self, labels_file: str) -> list:
+        """The metadata (`export.metadata.Tensor`) of each output, in the file's order, for
+        apps: the role MediaPipe Tasks reads, the labels file (`labels_file`) it annotates."""
+        raise NotImplementedError
+
+    def custom_metadata(self) -> dict[str, bytes]:
+        """SubGraphMetadata.custom_metadata entries (name -> flatbuffer)."""
+        return {}
+
+    def mediapipe_type_problems(self, output_types: list[str]) -> list[str]:
+        """Why MediaPipe's task API would refuse outputs of these dtypes (or of this task's
+        export settings), known before converting."""
+        return []
+
+    def mediapipe_output_problems(self, outputs: list) -> list[str]:
+        """Why MediaPipe's task API would refuse these outputs (`convert.TensorInfo`s)."""
+        return self.mediapipe_type_problems([o.dtype for o in outputs])
 
     def comparison(self) -> Comparison:
         raise NotImplementedError

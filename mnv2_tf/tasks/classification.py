@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mnv2_tf.export import metadata
 from mnv2_tf.models import weights as weights_lib
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.tasks import base
@@ -107,6 +108,8 @@ class Classification(base.Task):
     headline_label = "top-1"
     train_metric_names = ("top1",)
     head_layers = frozenset(weights_lib.HEAD_LAYERS)
+    mediapipe_api = "ImageClassifier"
+    app_name = "image classifier"
     export_columns = (
         base.Column("top1", "top-1 TFLite"),
         base.Column("keras_top1", "top-1 Keras"),
@@ -146,6 +149,24 @@ class Classification(base.Task):
 
     def serving_outputs(self, model: tf_keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": model(images, training=False)}
+
+    def output_metadata(self, labels_file: str) -> list:
+        return [
+            metadata.Tensor(
+                "probabilities", "Softmax probability of each class, in the labels' order.",
+                labels=(labels_file, "TENSOR_AXIS_LABELS"),
+            )
+        ]  # fmt: skip
+
+    def mediapipe_type_problems(self, output_types: list[str]) -> list[str]:
+        if len(output_types) != 1:
+            return [f"{len(output_types)} outputs, ImageClassifier reads one"]
+        if output_types[0] not in ("float32", "uint8"):
+            return [
+                f"{output_types[0]} output, ImageClassifier takes float32 or uint8 "
+                "(--config.export.io_type=uint8 or float32)"
+            ]
+        return []
 
     def comparison(self) -> Comparison:
         return Comparison()

@@ -29,6 +29,7 @@ from mnv2_tf.detection import boxes as box_lib
 from mnv2_tf.detection import coco_eval, postprocess
 from mnv2_tf.detection import loss as loss_lib
 from mnv2_tf.errors import UserError
+from mnv2_tf.export import metadata
 from mnv2_tf.models import ssdlite
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.tasks import base
@@ -131,6 +132,8 @@ class Detection(base.Task):
     train_metric_names = ("matched_anchors",)
     serving_batch = 1  # TFLite_Detection_PostProcess runs one image per call
     float_outputs = True  # boxes, classes, scores, count: the post-process op's float32
+    mediapipe_api = "ObjectDetector"
+    app_name = "object detector"
     draws_examples = True
     export_columns = (
         base.Column("map", "mAP TFLite", "pct"),
@@ -242,6 +245,32 @@ class Detection(base.Task):
     def serving_outputs(self, model: tf_keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
         codes, scores = model(images, training=False)
         return self.post_process(codes, scores)
+
+    def output_metadata(self, labels_file: str) -> list:
+        # The four outputs of TFLite_Detection_PostProcess, in the order and with the names
+        # MediaPipe's ObjectDetector reads them by (postprocess.OUTPUT_NAMES).
+        per_detection = (2, 2)  # [1, N] / [1, N, 4]: one content object per detection
+        return [
+            metadata.Tensor(
+                "location", "Boxes [top, left, bottom, right], fractions of the image.",
+                "bounding_box", box_index=(1, 0, 3, 2), box_type="BOUNDARIES",
+                box_coordinates="RATIO", value_range=per_detection,
+            ),
+            metadata.Tensor(
+                "category", "Class of each detection: a line of the labels file.",
+                labels=(labels_file, "TENSOR_VALUE_LABELS"), value_range=per_detection,
+            ),
+            metadata.Tensor("score", "Score of each detection.", value_range=per_detection),
+            metadata.Tensor("number of detections", "How many rows hold detections."),
+        ]  # fmt: skip
+
+    def mediapipe_output_problems(self, outputs: list) -> list[str]:
+        if len(outputs) != 4 or any(o.dtype != "float32" for o in outputs):
+            return [
+                "ObjectDetector reads the 4 float32 outputs of TFLite_Detection_PostProcess, "
+                f"the model has {', '.join(o.dtype for o in outputs)}"
+            ]
+        return []
 
     def comparison(self) -> Comparison:
         return Comparison(self.class_names)

@@ -26,6 +26,7 @@ from mnv2_tf import data, fileio
 from mnv2_tf.data import segmentation as segmentation_data
 from mnv2_tf.data import segmentation_preprocess
 from mnv2_tf.errors import UserError
+from mnv2_tf.export import metadata
 from mnv2_tf.models import deeplab
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.segmentation import loss as loss_lib
@@ -145,6 +146,8 @@ class Segmentation(base.Task):
     train_metric_names = ("pixel_accuracy",)
     serving_batch = 1  # a dilated depthwise conv stays one DEPTHWISE_CONV_2D
     float_outputs = True  # scores as float32; the category mask is uint8 either way
+    mediapipe_api = "ImageSegmenter"
+    app_name = "image segmenter"
     draws_examples = True
     export_columns = (
         base.Column("miou", "mIOU TFLite", "pct"),
@@ -246,6 +249,41 @@ class Segmentation(base.Task):
             mask = category_mask(logits, size, seg.mask_upsampling, seg.mask_stride)
             return {"category_mask": mask}
         return {"scores": scores(logits, size)}
+
+    def output_metadata(self, labels_file: str) -> list:
+        if self.config.export.get("category_mask"):
+            return [
+                metadata.Tensor(
+                    "category_mask", "Class id of each pixel: a line of the labels file.",
+                    "image", color_space="GRAYSCALE", value_range=(1, 2),
+                    labels=(labels_file, "TENSOR_VALUE_LABELS"),
+                )
+            ]  # fmt: skip
+        return [
+            metadata.Tensor(
+                "scores", "Probability of each class at each pixel (softmax), at input size.",
+                "image", color_space="GRAYSCALE", value_range=(1, 2),
+                labels=(labels_file, "TENSOR_AXIS_LABELS"),
+            )
+        ]  # fmt: skip
+
+    def custom_metadata(self) -> dict[str, bytes]:
+        # The scores are probabilities already: MediaPipe applies no activation.
+        return {metadata.SEGMENTER_METADATA: metadata.segmenter_options("NONE")}
+
+    def mediapipe_type_problems(self, output_types: list[str]) -> list[str]:
+        if self.config.export.get("category_mask"):
+            return [
+                "a category_mask output, ImageSegmenter makes the mask from per-class "
+                "scores (export without --category_mask)"
+            ]
+        return []
+
+    def mediapipe_output_problems(self, outputs: list) -> list[str]:
+        found = self.mediapipe_type_problems([o.dtype for o in outputs])
+        if not found and (len(outputs) != 1 or len(outputs[0].shape) != 4):
+            found.append("ImageSegmenter reads one [1, H, W, classes] output")
+        return found
 
     def comparison(self) -> Comparison:
         return Comparison(self.num_classes, self.class_names)
