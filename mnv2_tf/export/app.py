@@ -44,7 +44,7 @@ def read_labels(path: str, num_classes: int) -> list[str]:
     the model's classes."""
     if not fileio.exists(path):
         raise UserError(f"labels file {path} not found; give one label per line, in class order")
-    labels = fileio.read_text(path).splitlines()
+    labels = fileio.read_bytes(path).decode("utf-8").splitlines()
     while labels and not labels[-1].strip():
         labels.pop()
     if len(labels) != num_classes:

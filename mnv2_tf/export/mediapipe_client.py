@@ -1,0 +1,101 @@
+"""Runs exported models in MediaPipe Tasks: the client side of `mediapipe_check`.
+
+This file runs in a venv of its own (mediapipe cannot share ours: see mediapipe_check.py)
+and imports nothing of mnv2_tf, only numpy and mediapipe:
+
+    <mediapipe venv>/bin/python mediapipe_client.py JOB.json OUT.npz
+
+JOB.json: {"task": "classification" | "detection" | "segmentation",
+           "models": {name: path of a .tflite}, "images": [paths of image files]}.
+OUT.npz, per model name:
+  classification: NAME/scores [images, classes] (MediaPipe's score of every category, by
+    index) and NAME/top [images] (its first category);
+  detection: NAME/detections [rows, 6]: image, left, top, width, height (pixels, as
+    MediaPipe gives them), score; NAME/names [rows]: the category's name (ObjectDetector
+    gives the label from the model's labels file, not its index);
+  segmentation: NAME/category_mask [images, H, W] (uint8).
+Each model is built with the task API's options from the model alone (its metadata): no
+normalisation, label or output role is passed in.
+"""
+
+import json
+import sys
+
+import mediapipe as mp
+import numpy as np
+from mediapipe.tasks.python import BaseOptions, vision
+
+
+def classify(path: str, images: list) -> dict:
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=path), max_results=-1
+    )
+    classifier = vision.ImageClassifier.create_from_options(options)
+    scores, top = [], []
+    try:
+        for image in images:
+            categories = classifier.classify(image).classifications[0].categories
+            row = np.full(len(categories), np.nan, np.float32)
+            for c in categories:
+                row[c.index] = c.score
+            scores.append(row)
+            top.append(categories[0].index)
+    finally:
+        classifier.close()
+    return {"scores": np.stack(scores), "top": np.asarray(top, np.int64)}
+
+
+def detect(path: str, images: list) -> dict:
+    options = vision.ObjectDetectorOptions(
+        base_options=BaseOptions(model_asset_path=path), max_results=-1
+    )
+    detector = vision.ObjectDetector.create_from_options(options)
+    rows, names = [], []
+    try:
+        for i, image in enumerate(images):
+            for d in detector.detect(image).detections:
+                box, category = d.bounding_box, d.categories[0]
+                rows.append([i, box.origin_x, box.origin_y, box.width, box.height, category.score])
+                names.append(category.category_name or "")
+    finally:
+        detector.close()
+    return {
+        "detections": np.asarray(rows, np.float64).reshape(-1, 6),
+        "names": np.asarray(names, dtype=str),
+    }
+
+
+def segment(path: str, images: list) -> dict:
+    options = vision.ImageSegmenterOptions(
+        base_options=BaseOptions(model_asset_path=path),
+        output_category_mask=True,
+        output_confidence_masks=False,
+    )
+    segmenter = vision.ImageSegmenter.create_from_options(options)
+    masks = []
+    try:
+        for image in images:
+            mask = np.array(segmenter.segment(image).category_mask.numpy_view())
+            masks.append(mask.reshape(mask.shape[:2]))
+    finally:
+        segmenter.close()
+    return {"category_mask": np.stack(masks).astype(np.uint8)}
+
+
+RUNNERS = {"classification": classify, "detection": detect, "segmentation": segment}
+
+
+def main(job_path: str, out_path: str) -> None:
+    with open(job_path) as f:
+        job = json.load(f)
+    images = [mp.Image.create_from_file(p) for p in job["images"]]
+    out = {}
+    for name, path in job["models"].items():
+        for key, value in RUNNERS[job["task"]](path, images).items():
+            out[f"{name}/{key}"] = value
+    np.savez(out_path, **out)
+    print(f"mediapipe {mp.__version__}: {len(job['models'])} model(s) x {len(images)} images")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
