@@ -135,7 +135,7 @@ def compare_detection(litert: dict, mp: dict, size: tuple[int, int], labels: lis
     matched = total = extra = 0
     worst_box = worst_score = 0.0
     for i in range(len(litert["num_detections"])):
-        n = int(round(float(np.ravel(litert["num_detections"][i])[0])))
+        n = round(float(np.ravel(litert["num_detections"][i])[0]))
         ours = []
         for k in range(n):
             ymin, xmin, ymax, xmax = litert["detection_boxes"][i, k]
@@ -157,9 +157,9 @@ def compare_detection(litert: dict, mp: dict, size: tuple[int, int], labels: lis
                     continue
                 box_error = float(np.abs(r[1:5] - box).max())
                 score_error = abs(float(r[5]) - score)
-                if box_error <= BOX_TOLERANCE_PX and score_error <= SCORE_TOLERANCE:
-                    if best is None or score_error < best[1]:
-                        best = (j, score_error, box_error)
+                close = box_error <= BOX_TOLERANCE_PX and score_error <= SCORE_TOLERANCE
+                if close and (best is None or score_error < best[1]):
+                    best = (j, score_error, box_error)
             if best is not None:
                 used[best[0]] = True
                 matched += 1
