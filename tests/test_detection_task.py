@@ -10,7 +10,7 @@ import pytest
 from mnv2_tf import config as config_lib
 from mnv2_tf import tasks
 from mnv2_tf.data import synthetic
-from mnv2_tf.export import convert, evaluate, flatbuffer
+from mnv2_tf.export import convert, evaluate, flatbuffer, metadata
 from mnv2_tf.pipeline import report, stages
 from mnv2_tf.tasks import detection as detection_task
 from tests.conftest import built_once
@@ -84,6 +84,21 @@ def test_export_ends_in_the_postprocess_op_with_mediapipe_outputs(detection_run)
         by_position = [d["index"] for d in interpreter.get_output_details()]
         assert by_position == [runner[n]["index"] for n in detection_task.postprocess.OUTPUT_NAMES]
         assert sorted(names) == sorted(detection_task.postprocess.OUTPUT_NAMES)
+        # Output roles as MediaPipe's ObjectDetector reads them, labels on the category.
+        meta = metadata.read(content)
+        assert [o.name for o in meta.outputs] == [
+            "location", "category", "score", "number of detections",
+        ]  # fmt: skip
+        location, category = meta.outputs[:2]
+        assert (location.content, location.box_index, location.box_type) == (
+            "bounding_box", (1, 0, 3, 2), "BOUNDARIES",
+        )  # fmt: skip
+        assert (location.box_coordinates, location.value_range) == ("RATIO", (2, 2))
+        assert category.labels == ("labels.txt", "TENSOR_VALUE_LABELS")
+        labels = metadata.packed_files(content)["labels.txt"].decode().splitlines()
+        assert labels == (detection_run / "export" / "labels.txt").read_text().splitlines()
+        assert len(labels) == export["config"]["num_classes"] == 10
+        assert entry["mediapipe"] == "ready"
     int8 = export["models"]["int8"]
     assert int8["float_ops"] == []  # every compute op before the post-process is int8
     float32 = export["models"]["float32"]

@@ -15,7 +15,7 @@ import tf_keras
 from mnv2_tf import models
 from mnv2_tf.config import base_config
 from mnv2_tf.errors import UserError
-from mnv2_tf.export import convert, evaluate, exporter, qat
+from mnv2_tf.export import convert, evaluate, exporter, flatbuffer, metadata, qat
 from mnv2_tf.export import run as run_lib
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
 from mnv2_tf.tasks import classification
@@ -83,6 +83,87 @@ def test_float32_int8_export(workdir, tmp_path):
         assert entry["decided_examples"] >= classification.MIN_DECIDED, (mode, entry)
     assert report["models"]["float32"]["max_abs_error"] <= classification.MAX_FLOAT32_ERROR
     assert report["models"]["int8"]["float_ops"] == []
+    # The defaults are the files an app loads: uint8 pixels in, uint8 probabilities out.
+    int8 = report["models"]["int8"]
+    assert int8["inputs"][0]["dtype"] == "uint8" and int8["outputs"][0]["dtype"] == "uint8"
+    assert [m["mediapipe"] for m in report["models"].values()] == ["ready", "ready"]
+
+    # The metadata, read back from the files with the schema.
+    labels = (workdir / "labels.txt").read_text().splitlines()
+    for mode, entry in report["models"].items():
+        content = (tmp_path / entry["file"]).read_bytes()
+        meta = metadata.read(content)
+        assert meta.name == f"MobileNetV2 0.35 image classifier ({mode})"
+        assert "alpha 0.35 image classifier at 32x32 px, 10 classes" in meta.description
+        assert f"top-1 {entry['top1']:.4f} on 200 images" in meta.description
+        (image,), (probabilities_,) = meta.inputs, meta.outputs
+        assert (image.content, image.color_space, image.image_size) == ("image", "RGB", (32, 32))
+        # float32: pixels in, normalized in the graph; int8: the uint8 input's own grid, one
+        # pixel per level from the zero point, no half-level tie.
+        if mode == "float32":
+            assert image.normalization is None
+        else:
+            _, zero_point, _ = convert.input_quantization(content)
+            assert image.normalization == ([zero_point], [127.5]) and zero_point in (127, 128)
+        assert probabilities_.name == "probabilities"
+        assert probabilities_.labels == ("labels.txt", "TENSOR_AXIS_LABELS")
+        assert metadata.packed_files(content) == {"labels.txt": "\n".join(labels).encode() + b"\n"}
+        assert meta.min_parser_version == "1.0.0"
+
+
+def test_metadata_leaves_the_model_and_its_outputs_as_they_were(tmp_path):
+    inputs = tf_keras.Input((8, 8, 3))
+    x = tf_keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, activation="softmax")(x))
+    data = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    for mode in ("float32", "int8"):
+        content = convert.convert(
+            model, mode, DEFAULT_PREPROCESSING, outputs=probabilities,
+            representative=lambda: iter([[data]]), image_input="uint8", io_type="uint8",
+        )  # fmt: skip
+        meta = metadata.Model(
+            "m", "a description", "1", [metadata.Tensor("image", content="image")],
+            [metadata.Tensor("probabilities", labels=("labels.txt", "TENSOR_AXIS_LABELS"))],
+            custom={"SEGMENTER_METADATA": metadata.segmenter_options("SOFTMAX")},
+        )  # fmt: skip
+        written = metadata.write(content, meta, {"labels.txt": b"a\nb\nc\n"})
+        # The old flatbuffer is kept byte for byte (16-byte aligned) inside the new one.
+        flat = metadata.strip(written)
+        assert flat.index(content) % 16 == 0
+        back = metadata.read(written)
+        assert back.outputs[0].labels == ("labels.txt", "TENSOR_AXIS_LABELS")
+        assert metadata.read_segmenter_activation(back.custom["SEGMENTER_METADATA"]) == "SOFTMAX"
+        assert back.min_parser_version == "1.5.0"
+        assert metadata.read(metadata.write(written, meta, {"labels.txt": b"x\n"})).name == "m"
+        assert "min_runtime_version" in flatbuffer.metadata(written)  # the converter's, kept
+        pixels = np.random.default_rng(1).integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+        outputs = []
+        for c in (content, written):
+            interpreter = convert.load_interpreter(c)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+    with pytest.raises(ValueError, match="not given"):
+        metadata.write(content, meta, {})
+
+
+@needs_fmnist
+def test_float_input_int8_has_no_half_level_tie(workdir, tmp_path):
+    """A float-input int8 model: the metadata's mean is the pixel the input's zero point
+    stands for, so (pixel - mean) / std lands on the grid, not between two levels."""
+    report = export(workdir, tmp_path, modes="int8", calibration_steps=2, image_input="",
+                    io_type="float32", max_eval_examples=50)  # fmt: skip
+    content = (tmp_path / "model_int8.tflite").read_bytes()
+    scale, zero_point, dtype = convert.input_quantization(content)
+    (mean,), (std,) = metadata.read(content).inputs[0].normalization
+    assert dtype == "int8" and abs(scale * std - 1) < 1e-3 and mean == 128 + zero_point
+    levels = (np.arange(256) - mean) / std / scale + zero_point
+    assert np.abs(levels - np.round(levels)).max() < 1e-3  # every pixel on a level
+    assert report["models"]["int8"]["input_offset_compensated"] != 0
+    assert report["models"]["int8"]["check"] == "passed"
 
 
 @pytest.mark.slow  # quantization-aware fine-tuning (~25 s here)
@@ -430,6 +511,15 @@ def test_bad_input_gives_one_line_errors(workdir, tmp_path):
         workdir, "unknown quantization mode int4 in export.modes; choose from float32", modes="int4"
     )
     refused(tmp_path / "nowhere", "does not exist")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(9)) + "\n")
+    refused(workdir, r"labels file .* has 9 lines, the model has 10 classes", labels=str(labels))
+    refused(
+        workdir, r"^export\.mediapipe=True: the int8 model: int8 output, ImageClassifier takes "
+        r"float32 or uint8 \(--config\.export\.io_type", io_type="int8", mediapipe=True,
+    )  # fmt: skip
+    refused(workdir, r"the int8 model would take int8 input", image_input="", io_type="int8",
+            mediapipe=True)  # fmt: skip
 
     # Through export_tflite.py: one line on stderr, exit status 2.
     result = export_cli(f"--workdir={workdir}", "--config.export.qat_epoch=2")

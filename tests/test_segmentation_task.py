@@ -10,7 +10,7 @@ import pytest
 from mnv2_tf import config as config_lib
 from mnv2_tf import tasks
 from mnv2_tf.data import synthetic
-from mnv2_tf.export import convert, evaluate
+from mnv2_tf.export import convert, evaluate, metadata
 from mnv2_tf.pipeline import report, stages
 from mnv2_tf.tasks import segmentation as segmentation_task
 from tests.conftest import built_once
@@ -80,6 +80,10 @@ def test_export_is_one_depthwise_op_per_block_at_batch_1_with_a_uint8_mask(segme
         assert info.ops["DEPTHWISE_CONV_2D"] == 8 and "SPACE_TO_BATCH_ND" not in info.ops
         assert info.ops.get("MUL", 0) == (1 if mode == "float32" else 0)
         assert info.ops.get("ARG_MAX") == 1
+        # A class-id mask: labels by value; MediaPipe's segmenter wants the scores instead.
+        meta = metadata.read((segmentation_run / "export" / entry["file"]).read_bytes())
+        assert meta.outputs[0].labels == ("labels.txt", "TENSOR_VALUE_LABELS")
+        assert entry["mediapipe"].startswith("no: a category_mask output")
     assert export["models"]["int8"]["float_ops"] == []
     float32 = export["models"]["float32"]
     assert float32["check"] == "passed" and float32["pixel_agreement"] >= 0.999
@@ -115,6 +119,15 @@ def test_scores_model_matches_keras_and_the_mask_ways_agree(segmentation_run, tm
     content = (tmp_path / "model_float32.tflite").read_bytes()
     info = convert.inspect(content)
     assert [(o.dtype, o.shape) for o in info.outputs] == [("float32", [1, 64, 64, 11])]
+    assert exported["models"]["float32"]["mediapipe"] == "ready"
+    meta = metadata.read(content)
+    (scores_meta,) = meta.outputs
+    assert (scores_meta.name, scores_meta.content, scores_meta.value_range) == (
+        "scores", "image", (1, 2),
+    )  # fmt: skip
+    assert scores_meta.labels == ("labels.txt", "TENSOR_AXIS_LABELS")
+    assert metadata.read_segmenter_activation(meta.custom["SEGMENTER_METADATA"]) == "NONE"
+    assert meta.min_parser_version == "1.5.0"  # custom metadata came with schema 1.5.0
     run = run_lib.load(str(segmentation_run))
     ds, _ = run.task.dataset(run.preprocessing, "test", training=False, batch_size=4)
     batch = next(ds.as_numpy_iterator())
