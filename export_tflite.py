@@ -2,8 +2,9 @@
 
     python export_tflite.py --workdir=runs/fmnist --config.export.modes=float32,int8,qat
     python export_tflite.py --workdir=runs/fmnist --config.export.modes=int8 \
-        --config.export.image_input=uint8 --config.export.io_type=uint8 \
-        --config.export.debug_quantization=True
+        --config.export.labels=my_labels.txt --config.export.mediapipe=True
+    python export_tflite.py --workdir=runs/fmnist --config.export.image_input= \
+        --config.export.io_type=float32 --config.export.debug_quantization=True
     python export_tflite.py --workdir=runs/seg --category_mask   # a segmenter's class mask
 
 Reads the task, architecture, preprocessing, data source and export settings from the

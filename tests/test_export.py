@@ -150,6 +150,7 @@ def test_metadata_leaves_the_model_and_its_outputs_as_they_were(tmp_path):
         metadata.write(content, meta, {})
 
 
+@pytest.mark.slow  # another export (~15 s); MediaPipe runs this model in test_mediapipe.py
 @needs_fmnist
 def test_float_input_int8_has_no_half_level_tie(workdir, tmp_path):
     """A float-input int8 model: the metadata's mean is the pixel the input's zero point

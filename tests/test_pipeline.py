@@ -65,7 +65,7 @@ def test_report_is_built_from_the_stage_outputs(tmp_path):
     # The Markdown line of that model, cell by cell.
     line = next(ln for ln in md.splitlines() if ln.startswith("| alpha1.0 | model_int8.tflite"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == ["alpha1.0", "model_int8.tflite", "1.0", "10.0", "1.000", "92.50", "92.01",
+    assert cells == ["alpha1.0", "model_int8.tflite", "-", "1.0", "10.0", "1.000", "92.50", "92.01",
                      "99.00", "2.50", "2.75", "1.40", "1.54"]  # fmt: skip
     assert "final eval top-1 90.12% on 10000 images" in md
     for png in ("training.png", "tradeoff.png"):
@@ -127,6 +127,12 @@ def test_pipeline_runs_every_stage_and_skips_them_when_run_again(tmp_path):
         assert (workdir / name).exists(), name
     md = (workdir / "report.md").read_text()
     assert "model_int8.tflite" in md and "model_float32.tflite" in md
+    # Both files load unchanged in MediaPipe Tasks (the defaults: uint8 pixels, metadata).
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        assert (
+            next(ln for ln in md.splitlines() if f"| {name} |" in ln).split("|")[3].strip()
+            == "ready"
+        )
     first_rows = json.loads((workdir / "report.json").read_text())["rows"]
     # Again, in-process with the same config: every stage is found done.
     config = load_file(str(ROOT / "configs" / "fashion_mnist.py"))

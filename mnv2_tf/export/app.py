@@ -2,23 +2,23 @@
 
 Every exported `.tflite` carries TFLite metadata (`metadata.py`): a name, version and
 description (architecture, alpha, input size, dataset, the figure measured on the eval
-split), the input's normalisation, the labels file packed in the model and each output's
+split), the input's normalization, the labels file packed in the model and each output's
 role, as MediaPipe Tasks (ImageClassifier, ObjectDetector, ImageSegmenter) and the TFLite
 Task Library read them.
 
-The input's normalisation is the one the file was evaluated with. A float input: the
+The input's normalization is the one the file was evaluated with. A float input: the
 model's own constants, (x - 127.5) / 127.5. An integer model's input grid is calibrated to
 exactly [-1, 1] (scale 2/255), which puts every whole pixel half a level between two grid
 points under (x - 127.5) / 127.5: how an app rounds (MediaPipe computes x * 2/255 - 1)
-would decide the int8 input. The export therefore moves the normalisation's mean by that half
+would decide the int8 input. The export therefore moves the normalization's mean by that half
 level, to the pixel value the input's zero point stands for (128 for a uint8 input, 128 +
 zero point for int8 and for a float input that the model quantizes), and takes the shift
 back in the first convolution (`convert.compensate_input_offset`): pixel p then maps to
-grid point p exactly, whoever normalises. A raw-pixel input (uint8, normalisation inside
-the graph) has no normalisation to write.
+grid point p exactly, whoever normalizes. A raw-pixel input (uint8, normalization inside
+the graph) has no normalization to write.
 
 MediaPipe's rules (mediapipe 1.2.2, measured): one 1xHxWx3 input, uint8 or float32 (float
-needs the normalisation; uint8 gets raw 0-255 pixels whatever its quantization says);
+needs the normalization; uint8 gets raw 0-255 pixels whatever its quantization says);
 classifier and detector outputs float32 or uint8, segmenter outputs any type. `problems`
 says why a file breaks them; `settings_problems` says it before converting, from the export
 settings, so that `export.mediapipe=True` refuses a combination in one line.
@@ -109,11 +109,11 @@ def pixel_mean(content: bytes, preprocessing) -> float:
 def input_metadata(info: convert.ModelInfo, preprocessing, mean: float) -> metadata.Tensor:
     io = info.inputs[0]
     height, width = io.shape[1], io.shape[2]
-    raw = io.dtype == "uint8" and not io.scale  # pixels in, normalised in the graph
+    raw = io.dtype == "uint8" and not io.scale  # pixels in, normalized in the graph
     std = preprocessing.std
     return metadata.Tensor(
         "image",
-        "RGB pixels, 0-255" + ("" if raw else f", normalised as (pixel - {mean:g}) / {std:g}"),
+        "RGB pixels, 0-255" + ("" if raw else f", normalized as (pixel - {mean:g}) / {std:g}"),
         "image",
         color_space="RGB",
         image_size=(width, height),
@@ -175,7 +175,7 @@ def with_metadata(content: bytes, model: metadata.Model, labels: list[str]) -> b
 
 def encode_pixels(pixels: np.ndarray, normalization, input_detail: dict) -> np.ndarray:
     """Whole RGB pixels -> what a model's input takes, as an app following its metadata
-    feeds it (normalise, then quantize with the input's own parameters)."""
+    feeds it (normalize, then quantize with the input's own parameters)."""
     dtype = np.dtype(input_detail["dtype"])
     scale, zero_point = input_detail["quantization"]
     if normalization is None:

@@ -4,7 +4,7 @@ Every model sees the same batches as the float Keras model; the task compares th
 outputs (`Task.comparison`), so what is measured (accuracy and agreement, mAP, mIOU, output
 error) is the task's, on identical inputs. Inputs are quantized with the model's own input
 parameters, as an app would; a raw-pixel (`image_input`) model is fed the de-normalized
-uint8 pixels. A model with metadata is fed as its metadata says (normalise with its mean and
+uint8 pixels. A model with metadata is fed as its metadata says (normalize with its mean and
 std, then quantize): the way MediaPipe Tasks feeds it.
 """
 
@@ -78,7 +78,7 @@ class Runner:
         dtype = np.dtype(self.input["dtype"])
         if self.raw_pixels or self.normalization == "raw":  # camera pixels, as an app feeds them
             return to_pixels(images, self.preprocessing).astype(dtype)
-        if self.normalization is not None:  # the pixels, normalised as the metadata says
+        if self.normalization is not None:  # the pixels, normalized as the metadata says
             (mean,), (std,) = self.normalization
             p = self.preprocessing
             values = ((images * p.std + p.mean) - mean) / std

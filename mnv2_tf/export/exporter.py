@@ -204,12 +204,14 @@ def export(
         if scales:
             entry["weight_scales"] = scales
         info = convert.inspect(content)
-        if mode == "int8":
-            content, info, entry["input_offset_compensated"] = _compensate(
-                run, content, representative, settings
-            )
         mean = run.preprocessing.mean
-        if mode in convert.INTEGER_MODES:
+        # One input level per pixel (see app.py), when the app is told how pixels map to
+        # the input: raw pixels map by themselves; a normalized input through the metadata.
+        if mode in convert.INTEGER_MODES and (image_input or settings.metadata):
+            if mode == "int8":
+                content, info, entry["input_offset_compensated"] = _compensate(
+                    run, content, representative, settings
+                )
             mean = app.pixel_mean(content, run.preprocessing)
         entry["input_pixel_mean"] = mean
         bare[mode], infos[mode] = content, info

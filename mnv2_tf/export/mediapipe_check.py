@@ -10,7 +10,8 @@ the metadata says (`evaluate.Runner`), and the two are compared:
   classification: top-1 agreement (and every category's score);
   detection: the same detections, each matched one to one: same class, score within 1e-4,
     box (origin and size, in pixels as MediaPipe reports them: truncated, and clamped to the
-    image) within one pixel;
+    image) within one pixel (MediaPipe merges detections whose pixel boxes are identical
+    into one with several categories: each category counts as a detection);
   segmentation: the category masks, pixel for pixel, for images at the model's input size.
 
 The images are eval-split images at the model's input size, as whole RGB pixels in PNG files.

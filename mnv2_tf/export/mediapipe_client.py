@@ -11,11 +11,12 @@ OUT.npz, per model name:
   classification: NAME/scores [images, classes] (MediaPipe's score of every category, by
     index) and NAME/top [images] (its first category);
   detection: NAME/detections [rows, 6]: image, left, top, width, height (pixels, as
-    MediaPipe gives them), score; NAME/names [rows]: the category's name (ObjectDetector
-    gives the label from the model's labels file, not its index);
+    MediaPipe gives them), score, a row per category of each detection (MediaPipe merges
+    detections of identical pixel boxes into one); NAME/names [rows]: the category's name
+    (ObjectDetector gives the label from the model's labels file, not its index);
   segmentation: NAME/category_mask [images, H, W] (uint8).
 Each model is built with the task API's options from the model alone (its metadata): no
-normalisation, label or output role is passed in.
+normalization, label or output role is passed in.
 """
 
 import json
@@ -54,9 +55,14 @@ def detect(path: str, images: list) -> dict:
     try:
         for i, image in enumerate(images):
             for d in detector.detect(image).detections:
-                box, category = d.bounding_box, d.categories[0]
-                rows.append([i, box.origin_x, box.origin_y, box.width, box.height, category.score])
-                names.append(category.category_name or "")
+                # MediaPipe merges detections whose pixel boxes are identical into one with
+                # several categories (DetectionsDeduplicateCalculator): a row for each.
+                box = d.bounding_box
+                for category in d.categories:
+                    rows.append(
+                        [i, box.origin_x, box.origin_y, box.width, box.height, category.score]
+                    )
+                    names.append(category.category_name or "")
     finally:
         detector.close()
     return {

@@ -1,7 +1,7 @@
 """TFLite model metadata: what an app's task library reads to run a model unchanged.
 
 MediaPipe Tasks (ImageClassifier, ObjectDetector, ImageSegmenter) and the TFLite Task Library
-read a model's metadata for the input's normalisation, the labels and the role of each
+read a model's metadata for the input's normalization, the labels and the role of each
 output. The metadata is a flatbuffer of the published schema (tflite-support's
 `metadata_schema.fbs`, version 1.5.0 as MediaPipe ships it; file identifier "M001"), stored in
 one of the model's buffers and named by an entry "TFLITE_METADATA" of `Model.metadata`; the

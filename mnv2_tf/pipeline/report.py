@@ -37,6 +37,9 @@ def rows(runs: list[dict]) -> list[dict]:
                 "params": export.get("params"),
                 "task": task.name,
                 "headline": entry.get(task.headline),
+                # "ready" (MediaPipe Tasks loads it unchanged), "no: why", or None (an export
+                # from before the metadata)
+                "mediapipe": entry.get("mediapipe"),
                 **{c.key: entry.get(c.key) for c in task.summary_columns},
             }
             for timing in run["benchmark"]:
@@ -53,6 +56,10 @@ def _ms(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value / 1000:.2f}"
+
+
+def _mediapipe(value) -> str:
+    return {"ready": "ready", None: "-"}.get(value, "no")
 
 
 def _pct(value) -> str:
@@ -77,7 +84,7 @@ def markdown(
         )
     # One table per task: its columns differ.
     columns = {c.key: c for run in runs for c in _task(run).summary_columns}
-    header = ["run", "model", "size KiB", "MACs (M)", "params (M)"]
+    header = ["run", "model", "MediaPipe", "size KiB", "MACs (M)", "params (M)"]
     header += [c.header for c in columns.values()]
     for target in targets:
         prefix = "" if target == "desktop" else f"{target} "
@@ -86,7 +93,7 @@ def markdown(
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         cells = [
-            row["run"], row["file"], f"{row['size_kb']:.1f}",
+            row["run"], row["file"], _mediapipe(row.get("mediapipe")), f"{row['size_kb']:.1f}",
             f"{(row['macs'] or 0) / 1e6:.1f}", f"{(row['params'] or 0) / 1e6:.3f}",
         ]  # fmt: skip
         cells += [c.format(row.get(c.key)) for c in columns.values()]
@@ -100,7 +107,14 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Figures in %, on the eval split, through LiteRT for the TFLite models (Keras: "
               "the float model); latency of the desktop LiteRT interpreter (XNNPACK) unless "
-              "marked."]  # fmt: skip
+              "marked. MediaPipe: whether the file loads unchanged in MediaPipe Tasks "
+              f"({', '.join(sorted({_task(r).mediapipe_api for r in runs}))}): its metadata, "
+              "input and output types."]  # fmt: skip
+    not_ready = [r for r in table if r.get("mediapipe") not in ("ready", None)]
+    for row in not_ready:
+        lines.append(
+            f"- `{row['run']}/{row['file']}` is not MediaPipe-ready: {row['mediapipe'][4:]}"
+        )
     for title, path in plots.items():
         link = os.path.relpath(path, folder) if folder else os.path.basename(path)
         lines += ["", f"## {title}", "", f"![{title}]({link})"]
