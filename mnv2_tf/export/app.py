@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 import mnv2_tf
 from mnv2_tf import fileio
 from mnv2_tf.errors import UserError
@@ -122,15 +120,18 @@ def input_metadata(info: convert.ModelInfo, preprocessing, mean: float) -> metad
     )
 
 
+def _architecture(cfg) -> str:
+    names = {"mobilenet_v2": "MobileNetV2", "mobilenet_v1": "MobileNetV1"}
+    return names.get(cfg.model.name, cfg.model.name)
+
+
 def describe(run, mode: str, figure: str = "") -> str:
     cfg = run.config
     data = cfg.data
     dataset = data.name or (
         os.path.basename(str(data.data_dir).rstrip("/")) if data.data_dir else ""
     )
-    arch = {"mobilenet_v2": "MobileNetV2", "mobilenet_v1": "MobileNetV1"}.get(
-        cfg.model.name, cfg.model.name
-    )
+    arch = _architecture(cfg)
     text = (
         f"{arch} alpha {cfg.model.alpha:g} {run.task.app_name} at {cfg.model.input_size}x"
         f"{cfg.model.input_size} px, {run.num_classes} classes, trained on "
@@ -143,13 +144,11 @@ def model_metadata(
     run, mode: str, info: convert.ModelInfo, mean: float, labels_file: str, figure: str = ""
 ) -> metadata.Model:
     cfg = run.config
-    arch = {"mobilenet_v2": "MobileNetV2", "mobilenet_v1": "MobileNetV1"}.get(
-        cfg.model.name, cfg.model.name
-    )
+    run_name = os.path.basename(os.path.normpath(run.workdir))
     return metadata.Model(
-        name=f"{arch} {cfg.model.alpha:g} {run.task.app_name} ({mode})",
+        name=f"{_architecture(cfg)} {cfg.model.alpha:g} {run.task.app_name} ({mode})",
         description=describe(run, mode, figure),
-        version=f"mnv2_tf {mnv2_tf.__version__}, weights {run.weights_from}",
+        version=f"mnv2_tf {mnv2_tf.__version__}, run {run_name}",
         author="mnv2_tf",
         inputs=[input_metadata(info, run.preprocessing, mean)],
         outputs=run.task.output_metadata(labels_file),
@@ -171,18 +170,3 @@ def figure_text(task, entry: dict) -> str:
 def with_metadata(content: bytes, model: metadata.Model, labels: list[str]) -> bytes:
     files = {LABELS_FILE: ("\n".join(labels) + "\n").encode()}
     return metadata.write(content, model, files)
-
-
-def encode_pixels(pixels: np.ndarray, normalization, input_detail: dict) -> np.ndarray:
-    """Whole RGB pixels -> what a model's input takes, as an app following its metadata
-    feeds it (normalize, then quantize with the input's own parameters)."""
-    dtype = np.dtype(input_detail["dtype"])
-    scale, zero_point = input_detail["quantization"]
-    if normalization is None:
-        return pixels.astype(dtype)
-    mean, std = normalization
-    values = (pixels.astype(np.float32) - mean) / std
-    if dtype.kind == "f":
-        return values.astype(dtype)
-    info = np.iinfo(dtype)
-    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
