@@ -66,6 +66,8 @@ def io_types(mode: str, settings, task) -> tuple[str, list[str]]:
 
 def settings_problems(modes, settings, task) -> list[str]:
     """Why MediaPipe would refuse a file these settings produce (before converting)."""
+    if not task.mediapipe_api:
+        return [f"the {task.name} task has no MediaPipe Tasks API"]
     found = []
     for mode in modes:
         input_type, output_types = io_types(mode, settings, task)
@@ -80,6 +82,8 @@ def settings_problems(modes, settings, task) -> list[str]:
 
 def problems(info: convert.ModelInfo, task) -> list[str]:
     """Why MediaPipe's task API would refuse this file (empty: it runs it)."""
+    if not task.mediapipe_api:
+        return [f"the {task.name} task has no MediaPipe Tasks API"]
     out = []
     if len(info.inputs) != 1:
         out.append(f"{len(info.inputs)} inputs, MediaPipe takes one image")
@@ -151,7 +155,8 @@ def model_metadata(
         version=f"mnv2_tf {mnv2_tf.__version__}, run {run_name}",
         author="mnv2_tf",
         inputs=[input_metadata(info, run.preprocessing, mean)],
-        outputs=run.task.output_metadata(labels_file),
+        outputs=run.task.output_metadata(labels_file)
+        or [metadata.Tensor(o.name) for o in info.outputs],
         custom=run.task.custom_metadata(),
     )
 

@@ -404,7 +404,8 @@ def markdown(report: dict) -> str:
     ready = [m["file"] for m in report["models"].values() if m.get("mediapipe") == "ready"]
     lines += [
         "",
-        f"MediaPipe Tasks ({api}) loads unchanged: {', '.join(ready) or 'none'}."
+        f"MediaPipe Tasks ({api or 'no API for this task'}) loads unchanged: "
+        f"{', '.join(ready) or 'none'}."
         + "".join(
             f" `{m['file']}`: {m['mediapipe']}."
             for m in report["models"].values()

@@ -183,8 +183,9 @@ class Task:
 
     def output_metadata(self, labels_file: str) -> list:
         """The metadata (`export.metadata.Tensor`) of each output, in the file's order, for
-        apps: the role MediaPipe Tasks reads, the labels file (`labels_file`) it annotates."""
-        raise NotImplementedError
+        apps: the role MediaPipe Tasks reads, the labels file (`labels_file`) it annotates.
+        Empty: each output is described by its name only."""
+        return []
 
     def custom_metadata(self) -> dict[str, bytes]:
         """SubGraphMetadata.custom_metadata entries (name -> flatbuffer)."""
