@@ -30,6 +30,9 @@ from mnv2_tf.export import run as run_lib
 from mnv2_tf.models.common import DEFAULT_PREPROCESSING
 
 CALIBRATION_BATCH = 32
+# The pixel value an integer input's zero point stands for, calibrated to exactly [-1, 1]:
+# the converter puts the int8 zero point at -1 (uint8: 127).
+PREDICTED_PIXEL_MEAN = 127.0
 
 
 def check_failed(check: str) -> bool:
@@ -126,25 +129,29 @@ def export(
       check: reject the files that fail the self-check (False keeps them, reported).
       log: where progress lines go.
     """
-    run = run_lib.load(workdir, weights)
-    settings = settings_of(run.config, overrides)
-    with run.config.unlocked():  # the task reads its export fields (category_mask) there
-        run.config.export = settings
+    # The settings, labels and MediaPipe rules are checked before the weights are loaded.
+    described = run_lib.read(workdir)
+    settings = settings_of(described.config, overrides)
+    with described.config.unlocked():  # the task reads its export fields (category_mask) there
+        described.config.export = settings
     modes = modes_of(settings)
     image_input = settings.image_input or None
-    task = run.task
     labels = (
-        app.read_labels(settings.labels, run.num_classes)
+        app.read_labels(settings.labels, described.num_classes)
         if settings.labels
-        else list(run.class_names)
+        else list(described.class_names)
     )
     if settings.mediapipe:
-        found = app.settings_problems(modes, settings, task)
+        found = app.settings_problems(modes, settings, described.task)
         if found:
             raise UserError(
                 f"export.mediapipe=True: {found[0]}"
                 + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
             )
+    run = run_lib.load(workdir, weights)
+    with run.config.unlocked():
+        run.config.export = settings
+    task = run.task
     out = output_dir or os.path.join(workdir, "export")
     fileio.makedirs(out)
     log(f"exporting {run.weights_from} ({run.model.name}, {task.name}) to {out}")
@@ -189,6 +196,17 @@ def export(
         start = time.time()
         entry: dict = {"file": convert.file_name(mode)}
         model = run.model
+        # One input level per pixel (see app.py), when the app is told how pixels map to
+        # the input: raw pixels map by themselves; a normalized input through the metadata.
+        aligned = mode in convert.INTEGER_MODES and (image_input or settings.metadata)
+        offset = 0.0
+        if aligned and mode == "int8":
+            # The input's grid is known before converting (calibrated to exactly [-1, 1]):
+            # the model takes the half-level shift back first, and converts once.
+            offset = _grid_offset(run.preprocessing, PREDICTED_PIXEL_MEAN)
+            model = convert.compensate_input_offset(run.model, offset) or run.model
+            if model is run.model:
+                offset = 0.0
         if mode == "qat":
             model, entry["qat"] = qat.finetune(
                 run, epochs=settings.qat_epochs, learning_rate=settings.qat_learning_rate, log=log
@@ -205,14 +223,28 @@ def export(
             entry["weight_scales"] = scales
         info = convert.inspect(content)
         mean = run.preprocessing.mean
-        # One input level per pixel (see app.py), when the app is told how pixels map to
-        # the input: raw pixels map by themselves; a normalized input through the metadata.
-        if mode in convert.INTEGER_MODES and (image_input or settings.metadata):
-            if mode == "int8":
-                content, info, entry["input_offset_compensated"] = _compensate(
-                    run, content, representative, settings
-                )
+        if aligned:
             mean = app.pixel_mean(content, run.preprocessing)
+            if mode == "int8" and mean != PREDICTED_PIXEL_MEAN:  # another grid: again
+                offset = _grid_offset(run.preprocessing, mean)
+                compensated = convert.compensate_input_offset(run.model, offset)
+                if compensated is None:
+                    offset = 0.0
+                else:
+                    content = convert.convert(
+                        compensated, mode, run.preprocessing, outputs=task.serving_outputs,
+                        representative=representative, io_type=settings.io_type,
+                        image_input=image_input, per_tensor=settings.per_tensor,
+                        batch_size=task.serving_batch, float_outputs=task.float_outputs,
+                    )  # fmt: skip
+                    info = convert.inspect(content)
+                    if app.pixel_mean(content, run.preprocessing) != mean:
+                        raise UserError(
+                            "the compensated int8 model's input grid moved; report this "
+                            "with the config"
+                        )
+            if mode == "int8":
+                entry["input_offset_compensated"] = offset
         entry["input_pixel_mean"] = mean
         bare[mode], infos[mode] = content, info
         not_ready = app.problems(info, task)
@@ -318,30 +350,10 @@ def _with_metadata(run, mode, content, info, mean, labels, figure=""):
     return app.with_metadata(content, meta, labels)
 
 
-def _compensate(run, content, representative, settings):
-    """Pixel p lands on the input grid at p - pixel_mean (in levels), half a level off
-    (p - mean) / std: the first layer takes the offset back (`compensate_input_offset`),
-    and the metadata's normalization uses pixel_mean (see app.py)."""
-    quantization = convert.input_quantization(content)
-    pixel_mean = app.pixel_mean(content, run.preprocessing)
-    info = convert.inspect(content)
-    if quantization is None or abs(pixel_mean - run.preprocessing.mean) < 1e-9:
-        return content, info, 0.0
-    offset = (run.preprocessing.mean - pixel_mean) * quantization[0]
-    model = convert.compensate_input_offset(run.model, offset)
-    if model is None:
-        return content, info, 0.0
-    content = convert.convert(
-        model, "int8", run.preprocessing, outputs=run.task.serving_outputs,
-        representative=representative, io_type=settings.io_type,
-        image_input=settings.image_input or None, per_tensor=settings.per_tensor,
-        batch_size=run.task.serving_batch, float_outputs=run.task.float_outputs,
-    )  # fmt: skip
-    if app.pixel_mean(content, run.preprocessing) != pixel_mean:
-        raise UserError(
-            "the compensated int8 model's input grid moved; report this with the config"
-        )
-    return content, convert.inspect(content), offset
+def _grid_offset(preprocessing, pixel_mean: float) -> float:
+    """What the model's input gains when pixels are normalized with `pixel_mean` instead of
+    the model's own mean: (mean - pixel_mean) / std."""
+    return (preprocessing.mean - pixel_mean) / preprocessing.std
 
 
 def check_integer(
