@@ -17,7 +17,7 @@ from tests.conftest import built_once
 from tests.test_train import needs_fmnist
 
 # The tiny detector: MobileNetV2 0.35 with a 4-row table at 64 px (feature maps 4, 4, 2, 1,
-# 1, 1), 160 training composites, 2 epochs.
+# 1, 1), 96 training composites, 2 epochs.
 TINY_TABLE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2))
 
 
@@ -39,7 +39,7 @@ def tiny_detection_config(data_dir: str, **overrides):
 @pytest.fixture(scope="session")
 def detection_run(tmp_path_factory):
     def build(folder):
-        synthetic.generate(str(folder / "data"), train_images=160, test_images=24, size=80,
+        synthetic.generate(str(folder / "data"), train_images=96, test_images=24, size=80,
                            seed=5, log=lambda *_: None)  # fmt: skip
         config = tiny_detection_config(str(folder / "data" / "coco"))
         runs = stages.run(config, str(folder / "run"))

@@ -290,6 +290,7 @@ def test_a_tiny_table_builds_with_its_own_endpoints():
     }
 
 
+@pytest.mark.slow  # Keras' own fit on our model; the trainer's tests train it in the default suite
 def test_tiny_model_trains_without_nan():
     model = models.mobilenet_v2(
         alpha=0.35, input_shape=(32, 32, 3), num_classes=10, remove_early_strides=2, bn_momentum=0.9

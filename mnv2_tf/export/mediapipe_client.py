@@ -19,6 +19,7 @@ Each model is built with the task API's options from the model alone (its metada
 normalization, label or output role is passed in.
 """
 
+import contextlib
 import json
 import sys
 
@@ -27,13 +28,22 @@ import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
 
-def classify(path: str, images: list) -> dict:
-    options = vision.ImageClassifierOptions(
-        base_options=BaseOptions(model_asset_path=path), max_results=-1
+@contextlib.contextmanager
+def opened(api, options_class, path: str, **options):
+    """A task API object for the model at `path`, closed on the way out."""
+    task = api.create_from_options(
+        options_class(base_options=BaseOptions(model_asset_path=path), **options)
     )
-    classifier = vision.ImageClassifier.create_from_options(options)
-    scores, top = [], []
     try:
+        yield task
+    finally:
+        task.close()
+
+
+def classify(path: str, images: list) -> dict:
+    scores, top = [], []
+    api, options = vision.ImageClassifier, vision.ImageClassifierOptions
+    with opened(api, options, path, max_results=-1) as classifier:
         for image in images:
             categories = classifier.classify(image).classifications[0].categories
             row = np.full(len(categories), np.nan, np.float32)
@@ -41,30 +51,22 @@ def classify(path: str, images: list) -> dict:
                 row[c.index] = c.score
             scores.append(row)
             top.append(categories[0].index)
-    finally:
-        classifier.close()
     return {"scores": np.stack(scores), "top": np.asarray(top, np.int64)}
 
 
 def detect(path: str, images: list) -> dict:
-    options = vision.ObjectDetectorOptions(
-        base_options=BaseOptions(model_asset_path=path), max_results=-1
-    )
-    detector = vision.ObjectDetector.create_from_options(options)
     rows, names = [], []
-    try:
+    with opened(vision.ObjectDetector, vision.ObjectDetectorOptions, path, max_results=-1) as d:
         for i, image in enumerate(images):
-            for d in detector.detect(image).detections:
+            for detection in d.detect(image).detections:
                 # MediaPipe merges detections whose pixel boxes are identical into one with
                 # several categories (DetectionsDeduplicateCalculator): a row for each.
-                box = d.bounding_box
-                for category in d.categories:
+                box = detection.bounding_box
+                for category in detection.categories:
                     rows.append(
                         [i, box.origin_x, box.origin_y, box.width, box.height, category.score]
                     )
                     names.append(category.category_name or "")
-    finally:
-        detector.close()
     return {
         "detections": np.asarray(rows, np.float64).reshape(-1, 6),
         "names": np.asarray(names, dtype=str),
@@ -72,19 +74,14 @@ def detect(path: str, images: list) -> dict:
 
 
 def segment(path: str, images: list) -> dict:
-    options = vision.ImageSegmenterOptions(
-        base_options=BaseOptions(model_asset_path=path),
-        output_category_mask=True,
-        output_confidence_masks=False,
-    )
-    segmenter = vision.ImageSegmenter.create_from_options(options)
     masks = []
-    try:
+    with opened(
+        vision.ImageSegmenter, vision.ImageSegmenterOptions, path,
+        output_category_mask=True, output_confidence_masks=False,
+    ) as s:  # fmt: skip
         for image in images:
-            mask = np.array(segmenter.segment(image).category_mask.numpy_view())
+            mask = np.array(s.segment(image).category_mask.numpy_view())
             masks.append(mask.reshape(mask.shape[:2]))
-    finally:
-        segmenter.close()
     return {"category_mask": np.stack(masks).astype(np.uint8)}
 
 

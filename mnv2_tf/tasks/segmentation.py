@@ -252,18 +252,14 @@ class Segmentation(base.Task):
 
     def output_metadata(self, labels_file: str) -> list:
         if self.config.export.get("category_mask"):
-            return [
-                metadata.Tensor(
-                    "category_mask", "Class id of each pixel: a line of the labels file.",
-                    "image", color_space="GRAYSCALE", value_range=(1, 2),
-                    labels=(labels_file, "TENSOR_VALUE_LABELS"),
-                )
-            ]  # fmt: skip
+            name, what, kind = "category_mask", "Class id of each pixel", "TENSOR_VALUE_LABELS"
+        else:
+            name, what = "scores", "Probability of each class at each pixel (softmax)"
+            kind = "TENSOR_AXIS_LABELS"
         return [
             metadata.Tensor(
-                "scores", "Probability of each class at each pixel (softmax), at input size.",
-                "image", color_space="GRAYSCALE", value_range=(1, 2),
-                labels=(labels_file, "TENSOR_AXIS_LABELS"),
+                name, f"{what}, at input size; classes: the labels file.", "image",
+                color_space="GRAYSCALE", value_range=(1, 2), labels=(labels_file, kind),
             )
         ]  # fmt: skip
 
