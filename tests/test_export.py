@@ -208,6 +208,7 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
         assert entry["file"] in markdown
         assert entry["size_bytes"] == (tmp_path / entry["file"]).stat().st_size
         assert entry["keras_top1"] == report["models"]["float32"]["keras_top1"]
+        assert entry["mediapipe"] == "ready", (mode, entry["mediapipe"])
     assert report["models"]["float32"]["keras_top1"] > 0.4  # the fixture learned something
     assert report["models"]["qat"]["own_keras"]["agreement"] >= classification.MIN_AGREEMENT["qat"]
     float32 = report["models"]["float32"]
@@ -217,7 +218,8 @@ def test_every_mode_exports_and_agrees_with_keras(workdir, tmp_path):
     for mode in ("int8", "qat"):
         entry = report["models"][mode]
         assert entry["float_ops"] == []
-        assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
+        # the defaults: uint8 camera pixels in, uint8 probabilities out
+        assert entry["inputs"][0]["dtype"] == "uint8" and entry["outputs"][0]["dtype"] == "uint8"
         assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"} <= set(entry["ops"])
         assert entry["size_vs_float32"] < 0.45
     assert report["models"]["float16"]["size_vs_float32"] < 0.6
