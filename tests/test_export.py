@@ -103,7 +103,7 @@ def test_float32_int8_export(workdir, tmp_path):
         if mode == "float32":
             assert image.normalization is None
         else:
-            _, zero_point, _ = convert.input_quantization(content)
+            _, zero_point, _ = convert.inspect(content).input_grid
             assert image.normalization == ([zero_point], [127.5]) and zero_point in (127, 128)
         assert probabilities_.name == "probabilities"
         assert probabilities_.labels == ("labels.txt", "TENSOR_AXIS_LABELS")
@@ -158,7 +158,7 @@ def test_float_input_int8_has_no_half_level_tie(workdir, tmp_path):
     report = export(workdir, tmp_path, modes="int8", calibration_steps=2, image_input="",
                     io_type="float32", max_eval_examples=50)  # fmt: skip
     content = (tmp_path / "model_int8.tflite").read_bytes()
-    scale, zero_point, dtype = convert.input_quantization(content)
+    scale, zero_point, dtype = convert.inspect(content).input_grid
     (mean,), (std,) = metadata.read(content).inputs[0].normalization
     assert dtype == "int8" and abs(scale * std - 1) < 1e-3 and mean == 128 + zero_point
     levels = (np.arange(256) - mean) / std / scale + zero_point

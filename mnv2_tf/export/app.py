@@ -96,10 +96,10 @@ def problems(info: convert.ModelInfo, task) -> list[str]:
     return out + task.mediapipe_output_problems(info.outputs)
 
 
-def pixel_mean(content: bytes, preprocessing) -> float:
+def pixel_mean(info: convert.ModelInfo, preprocessing) -> float:
     """The pixel value the input's zero point stands for, when the file's input grid is one
     pixel level per step (see above); else the model's own mean."""
-    quantization = convert.input_quantization(content)
+    quantization = info.input_grid
     if quantization is None:
         return preprocessing.mean
     scale, zero_point, dtype = quantization

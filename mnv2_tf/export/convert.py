@@ -271,6 +271,10 @@ class ModelInfo:
     float_ops: list[str]  # compute ops with a float input or output ("NAME#index")
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    # (scale, zero point, dtype) of the grid an image input lands on: the input's own
+    # quantization, or for a float input that the model quantizes first, that QUANTIZE op's
+    # output's; None for a float model or a raw-pixel input.
+    input_grid: tuple[float, int, str] | None = None
 
 
 def _tensor_info(detail: dict) -> TensorInfo:
@@ -303,21 +307,19 @@ def inspect(content: bytes) -> ModelInfo:
         float_ops=float_ops,
         inputs=[_tensor_info(d) for d in interpreter.get_input_details()],
         outputs=[_tensor_info(d) for d in interpreter.get_output_details()],
+        input_grid=_input_grid(interpreter, ops),
     )
 
 
-def input_quantization(content: bytes) -> tuple[float, int, str] | None:
-    """(scale, zero point, dtype) of the grid an image input lands on: the input's own
-    quantization, or for a float input that the model quantizes first, that QUANTIZE op's
-    output's; None for a float model or a raw-pixel input."""
-    interpreter = load_interpreter(content)
+def _input_grid(interpreter, ops: list[dict]) -> tuple[float, int, str] | None:
+    """`ModelInfo.input_grid` of a loaded model."""
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if scale:
         return float(scale), int(zero_point), np.dtype(detail["dtype"]).name
     if np.dtype(detail["dtype"]).kind != "f":
         return None
-    for op in interpreter._get_ops_details():
+    for op in ops:
         if op["op_name"] == "QUANTIZE" and detail["index"] in op["inputs"]:
             out = interpreter._get_tensor_details(op["outputs"][0], 0)
             scale, zero_point = out["quantization"]

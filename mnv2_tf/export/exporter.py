@@ -192,6 +192,15 @@ def export(
     bare: dict[str, bytes] = {}  # the files without metadata
     infos: dict[str, convert.ModelInfo] = {}
     own_references = {}
+
+    def converted(model, mode: str) -> bytes:
+        return convert.convert(
+            model, mode, run.preprocessing, outputs=task.serving_outputs,
+            representative=representative if mode in convert.INTEGER_MODES else None,
+            io_type=settings.io_type, image_input=image_input, per_tensor=settings.per_tensor,
+            batch_size=task.serving_batch, float_outputs=task.float_outputs,
+        )  # fmt: skip
+
     for mode in modes:
         start = time.time()
         entry: dict = {"file": convert.file_name(mode)}
@@ -212,33 +221,23 @@ def export(
                 run, epochs=settings.qat_epochs, learning_rate=settings.qat_learning_rate, log=log
             )
             own_references[mode] = model
-        content = convert.convert(
-            model, mode, run.preprocessing, outputs=task.serving_outputs,
-            representative=representative if mode in convert.INTEGER_MODES else None,
-            io_type=settings.io_type, image_input=image_input, per_tensor=settings.per_tensor,
-            batch_size=task.serving_batch, float_outputs=task.float_outputs,
-        )  # fmt: skip
+        content = converted(model, mode)
         scales = convert.weight_scales(mode, settings.per_tensor)
         if scales:
             entry["weight_scales"] = scales
         info = convert.inspect(content)
         mean = run.preprocessing.mean
         if aligned:
-            mean = app.pixel_mean(content, run.preprocessing)
+            mean = app.pixel_mean(info, run.preprocessing)
             if mode == "int8" and mean != PREDICTED_PIXEL_MEAN:  # another grid: again
                 offset = _grid_offset(run.preprocessing, mean)
                 compensated = convert.compensate_input_offset(run.model, offset)
                 if compensated is None:
                     offset = 0.0
                 else:
-                    content = convert.convert(
-                        compensated, mode, run.preprocessing, outputs=task.serving_outputs,
-                        representative=representative, io_type=settings.io_type,
-                        image_input=image_input, per_tensor=settings.per_tensor,
-                        batch_size=task.serving_batch, float_outputs=task.float_outputs,
-                    )  # fmt: skip
+                    content = converted(compensated, mode)
                     info = convert.inspect(content)
-                    if app.pixel_mean(content, run.preprocessing) != mean:
+                    if app.pixel_mean(info, run.preprocessing) != mean:
                         raise UserError(
                             "the compensated int8 model's input grid moved; report this "
                             "with the config"
