@@ -21,7 +21,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from mnv2_tf import cli
+from mnv2_tf import cli, fileio
 from mnv2_tf.bench import android
 from mnv2_tf.pipeline import report, stages
 
@@ -54,8 +54,12 @@ def main(argv: list[str]) -> None:
                 cpu_mask=_CPU_MASK.value,
             )
         )
-    runs = stages.run(config, _WORKDIR.value, _SWEEP.value, android=session)
-    report.write(runs, _WORKDIR.value)
+    fileio.makedirs(_WORKDIR.value)
+    # Held from the first stage to the report: a second pipeline.py on this workdir stops
+    # with one line naming this one.
+    with fileio.workdir_lock(_WORKDIR.value, "pipeline.py"):
+        runs = stages.run(config, _WORKDIR.value, _SWEEP.value, android=session)
+        report.write(runs, _WORKDIR.value)
     print(f"wrote {os.path.join(_WORKDIR.value, 'report.md')}")
 
 

@@ -37,6 +37,7 @@ import mnv2_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 
 from mnv2_tf import config as config_lib
+from mnv2_tf.data import synthetic
 
 _CONFIG = flags.DEFINE_string(
     "config", "configs/segmentation_fmnist.py", "The pipeline's --config."
@@ -266,10 +267,7 @@ def main(argv):
     del argv
     config = config_lib.load_file(_CONFIG.value)
     start = time.time()
-    if config.data.synthetic:
-        from mnv2_tf.data import detection
-
-        detection.ensure_synthetic(config.data)
+    synthetic.resolve(config.data)  # the composites, written once (timed apart)
     data_seconds = time.time() - start
     workdir = _WORKDIR.value
     if _REUSE.value:  # the finished run's own log: its lines and their seconds

@@ -86,9 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.random_erasing = 0.0
     config.data.class_names = ()
     config.data.deterministic = False  # True: a reproducible element order (slower map)
-    # Detection, segmentation: data_dir is <folder>/coco or <folder>/voc of
-    # `python -m mnv2_tf.data.synthetic --out=<folder>`,
-    # written there first if it is missing (the offline Fashion-MNIST composites).
+    # Detection, segmentation: with data_dir unset, read the offline Fashion-MNIST composites
+    # (coco/ or voc/ of ~/.cache/mnv2_tf/fmnist_composites_v*, written there once). A data_dir
+    # that is set is read as it is, never written to (mnv2_tf.data.synthetic.resolve).
     config.data.synthetic = False
 
     # SSD / SSDLite (config.task = "detection"); see mnv2_tf/models/ssdlite.py.

@@ -9,11 +9,16 @@ write leaves the previous file (or none), never half of one.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import logging
 import os
+import socket
 import tempfile
+import threading
+import time
+import uuid
 import warnings
 
 import tensorflow as tf
@@ -70,6 +75,14 @@ def mtime(path: str) -> float:
     return tf.io.gfile.stat(path).mtime_nsec / 1e9
 
 
+def isdir(path: str) -> bool:
+    return tf.io.gfile.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    return tf.io.gfile.listdir(path)
+
+
 def makedirs(path: str) -> None:
     tf.io.gfile.makedirs(path)
 
@@ -120,3 +133,130 @@ def save_saved_model_atomic(model, path: str) -> None:
     if tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
     tf.io.gfile.rename(tmp, path)
+
+
+# --- one writer per workdir ---------------------------------------------------------------
+LOCK_NAME = "workdir.lock"
+HEARTBEAT_S = 30.0  # the holder rewrites its lock this often
+STALE_S = 600.0  # a lock not rewritten for this long was left by a run that is gone
+_held: dict[str, int] = {}  # workdirs this process holds, with their nesting depth
+_held_guard = threading.Lock()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(holder: dict | None, age_s: float) -> bool:
+    """Whether a lock's holder is gone: a dead process of this host, or no heartbeat for
+    STALE_S (another machine's run: a Colab runtime on the same Drive folder)."""
+    if holder is None:  # unreadable: a holder killed between creating and writing it
+        return age_s > 2 * HEARTBEAT_S
+    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
+        return True
+    return time.time() - float(holder.get("beat", 0.0)) > STALE_S
+
+
+def _read_lock(path: str) -> dict | None:
+    try:
+        return json.loads(read_bytes(path).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError):
+        return None
+
+
+def _try_create(path: str, content: bytes) -> bool:
+    """Creates `path` only if it does not exist: O_EXCL on local files (Drive mounts
+    included); on a bucket, write then read back (the last writer wins, and knows it)."""
+    if "://" not in path:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        return True
+    if exists(path):
+        return False
+    write_bytes_atomic(path, content)
+    time.sleep(1.0)
+    return read_bytes(path) == content
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, what: str):
+    """Holds `workdir` for one writer (re-entrant within a process). A second run on the
+    same workdir, from this machine or another sharing the folder, stops with one line
+    naming the holder; a lock left by a run that died is taken over. A missing workdir has
+    nothing to protect (its stage creates it, or says it is missing)."""
+    key = os.path.abspath(workdir) if "://" not in workdir else workdir
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    if not isdir(workdir):
+        yield
+        return
+    path = os.path.join(workdir, LOCK_NAME)
+    token = uuid.uuid4().hex
+    holder = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "token": token,
+              "started": time.time()}  # fmt: skip
+
+    def content() -> bytes:
+        return json.dumps({**holder, "beat": time.time()}).encode("utf-8")
+
+    for _ in range(2):
+        if _try_create(path, content()):
+            break
+        other = _read_lock(path)
+        age = time.time() - mtime(path) if exists(path) else 0.0
+        if not _stale(other, age):
+            since = datetime.datetime.fromtimestamp(float((other or {}).get("started", 0)))
+            from mnv2_tf.errors import UserError
+
+            raise UserError(
+                f"workdir {workdir} is in use by {(other or {}).get('what', 'another run')} "
+                f"(pid {(other or {}).get('pid', '?')} on {(other or {}).get('host', '?')}, "
+                f"since {since:%Y-%m-%d %H:%M:%S}): wait for it to end or give another "
+                f"--workdir (if that run is gone, delete {path})"
+            )
+        tf.io.gfile.remove(path)  # left by a run that is gone
+    else:
+        from mnv2_tf.errors import UserError
+
+        raise UserError(f"could not take the lock {path}: another run took it first; try again")
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            if (_read_lock(path) or {}).get("token") == token:
+                write_bytes_atomic(path, content())
+
+    thread = threading.Thread(target=beat, name="workdir-lock", daemon=True)
+    thread.start()
+    with _held_guard:
+        _held[key] = 1
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with _held_guard:
+            del _held[key]
+        if (_read_lock(path) or {}).get("token") == token:
+            tf.io.gfile.remove(path)

@@ -516,7 +516,7 @@ def test_bad_input_gives_one_line_errors(workdir, tmp_path):
     refused(tmp_path / "nowhere", "does not exist")
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class {i}" for i in range(9)) + "\n")
-    refused(workdir, r"labels file .* has 9 lines, the model has 10 classes", labels=str(labels))
+    refused(workdir, r"labels file .* has 9 labels, the model has 10 classes", labels=str(labels))
     refused(
         workdir, r"^export\.mediapipe=True: the int8 model: int8 output, ImageClassifier takes "
         r"float32 or uint8 \(--config\.export\.io_type", io_type="int8", mediapipe=True,

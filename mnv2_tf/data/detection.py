@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mnv2_tf.data import sources
+from mnv2_tf.data import sources, synthetic
 from mnv2_tf.errors import UserError
 
 VOC_CLASSES = (
@@ -295,19 +295,6 @@ def load(data_cfg, split: str) -> sources.Source:
         raise UserError(
             f"data.source={data_cfg.source!r} gives no boxes; detection reads one of {sorted(loaders)}"
         )
-    if data_cfg.data_dir and data_cfg.data_dir.startswith("~"):
-        data_cfg = data_cfg.copy_and_resolve_references()
-        data_cfg.data_dir = os.path.expanduser(data_cfg.data_dir)
-    if data_cfg.get("synthetic"):
-        ensure_synthetic(data_cfg)
+    data_cfg = synthetic.resolve(data_cfg)
     source = loaders[data_cfg.source](data_cfg, split)
     return sources.limit_examples(source, data_cfg, split)
-
-
-def ensure_synthetic(data_cfg) -> None:
-    """Writes the Fashion-MNIST composites that `data.synthetic` names (`data_dir` is their
-    coco/ or voc/ folder) unless they are there."""
-    from mnv2_tf.data import synthetic
-
-    folder = os.path.expanduser(data_cfg.data_dir).rstrip("/")
-    synthetic.ensure(os.path.dirname(folder), seed=0)

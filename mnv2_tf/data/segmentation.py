@@ -39,7 +39,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from mnv2_tf.data import detection, sources
+from mnv2_tf.data import detection, sources, synthetic
 from mnv2_tf.errors import UserError
 
 IGNORE = 255
@@ -252,9 +252,5 @@ def load(data_cfg, split: str) -> sources.Source:
             f"data.source={data_cfg.source!r} gives no masks; segmentation reads one of "
             f"{sorted(loaders)}"
         )
-    if data_cfg.data_dir and data_cfg.data_dir.startswith("~"):
-        data_cfg = data_cfg.copy_and_resolve_references()
-        data_cfg.data_dir = os.path.expanduser(data_cfg.data_dir)
-    if data_cfg.get("synthetic"):
-        detection.ensure_synthetic(data_cfg)
+    data_cfg = synthetic.resolve(data_cfg)
     return loaders[data_cfg.source](data_cfg, split)

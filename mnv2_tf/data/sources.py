@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from mnv2_tf import fileio
 from mnv2_tf.errors import UserError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -58,12 +59,31 @@ def load(data_cfg, split: str) -> Source:
     return limit_examples(loaders[data_cfg.source](data_cfg, split), data_cfg, split)
 
 
-def read_labels(path: str) -> list[str] | None:
-    """The class names of a labels file (one per line, in label order), None if absent."""
-    if not os.path.exists(path):
+def read_labels(path: str, num_classes: int | None = None) -> list[str] | None:
+    """The class names of a labels file, one per line in class order; None where there is
+    no file. Read through `fileio` (local, Drive and gs:// paths alike) by the data readers
+    (VOC and folder labels.txt) and the export (`export.labels`).
+
+    Each line is stripped of surrounding spaces and trailing blank lines are dropped; a blank
+    line before the last label is an error, since it would shift every later class by one.
+    With `num_classes`, a count that differs is an error too.
+    """
+    if not fileio.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    lines = [line.strip() for line in fileio.read_bytes(path).decode("utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if "" in lines:
+        raise UserError(
+            f"labels file {path}: line {lines.index('') + 1} is blank; give one label per "
+            "line, in class order"
+        )
+    if num_classes is not None and len(lines) != num_classes:
+        raise UserError(
+            f"labels file {path} has {len(lines)} labels, the model has {num_classes} classes; "
+            "give one label per line, in class order"
+        )
+    return lines
 
 
 def limit_examples(source: Source, data_cfg, split: str) -> Source:

@@ -18,6 +18,11 @@ Written in the formats users' own data come in, and read back by the same reader
   ImageSets/Main/<split>.txt, ImageSets/Segmentation/<split>.txt, labels.txt    (VOC)
 Deterministic by seed: the same arguments write the same files.
 
+The generator writes only into a folder that is empty (or missing) or that it wrote itself
+(its VERSION marker, written before anything else): it never writes over a user's data.
+`data.synthetic=True` with no `data.data_dir` is the dense configs' offline default, the
+composites in `DEFAULT_DIR` (`resolve`); a `data.data_dir` the user sets is read as it is.
+
     python -m mnv2_tf.data.synthetic --out=/tmp/fmnist_det --train_images=12000
 """
 
@@ -42,6 +47,8 @@ VERSION = 2
 IGNORE = 255
 # Where the configs keep them (written on first use): its coco/ and voc/ folders.
 DEFAULT_DIR = f"~/.cache/mnv2_tf/fmnist_composites_v{VERSION}"
+MARKER = "VERSION"  # "<version> incomplete" while writing, "<version>" once complete
+LAYOUTS = ("coco", "voc")  # the data.source values the composites are written for
 
 
 def voc_palette() -> list[int]:
@@ -185,6 +192,9 @@ def generate(
         raise UserError(
             f"Fashion-MNIST not found in {directory}; apt-get install dataset-fashion-mnist"
         )
+    check_writable(out)
+    fileio.makedirs(out)
+    fileio.write_text_atomic(os.path.join(out, MARKER), f"{VERSION} incomplete\n")
     class_names = list(sources.FASHION_MNIST_CLASSES)
     palette = voc_palette()
     voc = os.path.join(out, "voc")
@@ -260,20 +270,71 @@ def generate(
         )
         summary["splits"][split] = {"images": count, "boxes": len(annotations)}
         log(f"{split}: {count} images, {len(annotations)} boxes")
-    fileio.write_text_atomic(os.path.join(out, "VERSION"), f"{VERSION}\n")
+    fileio.write_text_atomic(os.path.join(out, MARKER), f"{VERSION}\n")
     return summary
 
 
+def _marker(out: str) -> str | None:
+    """The generator's VERSION marker in `out` (stripped), None where there is none."""
+    path = os.path.join(out, MARKER)
+    if not fileio.exists(path):
+        return None
+    return fileio.read_bytes(path).decode("utf-8", "replace").strip()
+
+
+def check_writable(out: str) -> None:
+    """Stops unless `out` is missing, empty, or a folder this generator wrote (its marker):
+    the composites never go over or beside anyone's files."""
+    from mnv2_tf.errors import UserError
+
+    if not fileio.exists(out):
+        return
+    if not fileio.isdir(out):
+        raise UserError(f"{out} is a file; the composites go into a folder: give another --out")
+    marker = _marker(out)
+    if marker is not None and marker.split()[0].isdigit():
+        return
+    if fileio.listdir(out):
+        raise UserError(
+            f"{out} holds files the composites' generator did not write (no {MARKER} marker): "
+            "it writes only into an empty folder or one it wrote; to read your own data there "
+            "set --config.data.synthetic=False, else give another data_dir (unset: the cache)"
+        )
+
+
 def ensure(out: str, *, seed: int = 0, log=print, **kwargs) -> None:
-    """Generates the data under `out` unless this generator's version wrote it there."""
-    marker = os.path.join(out, "VERSION")
-    done = False
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as f:
-            done = f.read().strip() == str(VERSION)
-    if not done:
-        log(f"writing the Fashion-MNIST composites (boxes and masks) to {out} (once)")
+    """Generates the data under `out` unless this generator's version wrote it there
+    (and refuses a folder holding anything else: `check_writable`)."""
+    if _marker(out) != str(VERSION):
+        check_writable(out)
+        log(f"writing the Fashion-MNIST composites (boxes and masks) to {out} (once, ~4 min)")
         generate(out, seed=seed, log=log, **kwargs)
+
+
+def resolve(data_cfg, log=print):
+    """The data section a dense task reads: `data_dir` with `~` expanded, and, for the
+    offline default (`data.synthetic=True` and no `data.data_dir`), the composites' coco/ or
+    voc/ folder under `DEFAULT_DIR`, written there on first use. A `data_dir` the user set is
+    their data: it is read as it is, never written to, whatever `data.synthetic` says."""
+    from mnv2_tf.errors import UserError
+
+    data_dir = data_cfg.get("data_dir")
+    if data_cfg.get("synthetic") and not data_dir:
+        if data_cfg.source not in LAYOUTS:
+            raise UserError(
+                f"data.synthetic=True writes the {' and '.join(LAYOUTS)} layouts, not "
+                f"data.source={data_cfg.source!r}: set data.data_dir, or data.synthetic=False"
+            )
+        root = os.path.expanduser(DEFAULT_DIR)
+        ensure(root, log=log)
+        data_dir = os.path.join(root, data_cfg.source)
+    elif data_dir and data_dir.startswith("~"):
+        data_dir = os.path.expanduser(data_dir)
+    if data_dir == data_cfg.get("data_dir"):
+        return data_cfg
+    data_cfg = data_cfg.copy_and_resolve_references()
+    data_cfg.data_dir = data_dir
+    return data_cfg
 
 
 def main(argv) -> None:

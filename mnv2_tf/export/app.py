@@ -29,28 +29,10 @@ from __future__ import annotations
 import os
 
 import mnv2_tf
-from mnv2_tf import fileio
-from mnv2_tf.errors import UserError
 from mnv2_tf.export import convert, metadata
 
 LABELS_FILE = "labels.txt"
 APP_INPUT_TYPES = ("uint8", "float32")
-
-
-def read_labels(path: str, num_classes: int) -> list[str]:
-    """The labels file an app shows (one label per line, in class order), checked against
-    the model's classes."""
-    if not fileio.exists(path):
-        raise UserError(f"labels file {path} not found; give one label per line, in class order")
-    labels = fileio.read_bytes(path).decode("utf-8").splitlines()
-    while labels and not labels[-1].strip():
-        labels.pop()
-    if len(labels) != num_classes:
-        raise UserError(
-            f"labels file {path} has {len(labels)} lines, the model has {num_classes} classes; "
-            "give one label per line, in class order"
-        )
-    return labels
 
 
 def io_types(mode: str, settings, task) -> tuple[str, list[str]]:
@@ -157,7 +139,11 @@ def model_metadata(
         inputs=[input_metadata(info, run.preprocessing, mean)],
         outputs=run.task.output_metadata(labels_file)
         or [metadata.Tensor(o.name) for o in info.outputs],
-        custom=run.task.custom_metadata(),
+        custom=(
+            {metadata.SEGMENTER_METADATA: metadata.segmenter_options(run.task.output_activation)}
+            if run.task.output_activation
+            else {}
+        ),
     )
 
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from mnv2_tf import config as config_lib
 from mnv2_tf import fileio, profile, tasks
+from mnv2_tf.data import sources
 from mnv2_tf.errors import UserError
 from mnv2_tf.export import app, convert, debug, evaluate, qat
 from mnv2_tf.export import run as run_lib
@@ -128,7 +129,17 @@ def export(
       weights: "final", "best" or "checkpoint" (see `run.load`).
       check: reject the files that fail the self-check (False keeps them, reported).
       log: where progress lines go.
+
+    The workdir is held for this export alone (`fileio.workdir_lock`): a second export or
+    pipeline on it stops with one line instead of writing the same files.
     """
+    with fileio.workdir_lock(workdir, "export"):
+        return _export(
+            workdir, overrides, output_dir=output_dir, weights=weights, check=check, log=log
+        )
+
+
+def _export(workdir, overrides, *, output_dir, weights, check, log) -> dict:
     # The settings, labels and MediaPipe rules are checked before the weights are loaded.
     described = run_lib.read(workdir)
     settings = settings_of(described.config, overrides)
@@ -136,11 +147,14 @@ def export(
         described.config.export = settings
     modes = modes_of(settings)
     image_input = settings.image_input or None
-    labels = (
-        app.read_labels(settings.labels, described.num_classes)
-        if settings.labels
-        else list(described.class_names)
-    )
+    labels = list(described.class_names)
+    if settings.labels:
+        labels = sources.read_labels(settings.labels, described.num_classes)
+        if labels is None:
+            raise UserError(
+                f"export.labels={settings.labels}: no such file; give one label per line, in "
+                "class order"
+            )
     if settings.mediapipe:
         found = app.settings_problems(modes, settings, described.task)
         if found:
@@ -388,7 +402,8 @@ def _ratio(entry: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    columns = tasks.task_class(report.get("task", "classification")).export_columns
+    task = tasks.task_class(report.get("task", "classification"))
+    columns = task.export_columns
     lines = [
         f"# Export of `{report['workdir']}`",
         "",
@@ -411,7 +426,7 @@ def markdown(report: dict) -> str:
             + " | ".join(c.format(m.get(c.key)) for c in columns)
             + f" | {m.get('check', '')} |"
         )
-    api = tasks.task_class(report.get("task", "classification")).mediapipe_api
+    api = task.mediapipe_api
     ready = [m["file"] for m in report["models"].values() if m.get("mediapipe") == "ready"]
     lines += [
         "",

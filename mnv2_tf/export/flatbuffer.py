@@ -39,37 +39,83 @@ def _u32(buf, at: int) -> int:
     return struct.unpack_from("<I", buf, at)[0]
 
 
-def _field(buf, table: int, field: int) -> int | None:
-    """The absolute position of a table's field, or None when it is absent."""
-    vtable = table - struct.unpack_from("<i", buf, table)[0]
-    vtable_size = struct.unpack_from("<H", buf, vtable)[0]
-    slot = 4 + 2 * field
-    if slot >= vtable_size:
-        return None
-    offset = struct.unpack_from("<H", buf, vtable + slot)[0]
-    return table + offset if offset else None
+class Table:
+    """One table of a flatbuffer, its fields read by the schema's field ids: the one
+    flatbuffer reader (the model's tables here, the metadata's in metadata.py). Read
+    errors of a truncated buffer surface as struct.error / IndexError (see `_invalid`)."""
 
+    def __init__(self, buf, pos: int):
+        self.buf, self.pos = buf, pos
 
-def _vector(buf, at: int) -> tuple[int, int]:
-    """(position of the first element, length) of the vector referenced at `at`."""
-    start = at + _u32(buf, at)
-    return start + 4, _u32(buf, start)
+    @classmethod
+    def root(cls, buf) -> Table:
+        return cls(buf, _u32(buf, 0))
 
+    def slots(self) -> int:
+        """How many fields the table's vtable has room for."""
+        vtable = self.pos - struct.unpack_from("<i", self.buf, self.pos)[0]
+        return (struct.unpack_from("<H", self.buf, vtable)[0] - 4) // 2
 
-def _tables(buf, at: int | None) -> list[int]:
-    """Positions of the tables a vector of offsets (referenced at `at`) points to."""
-    if at is None:
-        return []
-    first, count = _vector(buf, at)
-    return [first + 4 * i + _u32(buf, first + 4 * i) for i in range(count)]
+    def field(self, field: int) -> int | None:
+        """The absolute position of a field, or None when it is absent."""
+        vtable = self.pos - struct.unpack_from("<i", self.buf, self.pos)[0]
+        slot = 4 + 2 * field
+        if slot >= struct.unpack_from("<H", self.buf, vtable)[0]:
+            return None
+        offset = struct.unpack_from("<H", self.buf, vtable + slot)[0]
+        return self.pos + offset if offset else None
+
+    def scalar(self, field: int, fmt: str, default=0):
+        at = self.field(field)
+        return struct.unpack_from("<" + fmt, self.buf, at)[0] if at is not None else default
+
+    def u8(self, field: int, default: int = 0) -> int:
+        return self.scalar(field, "B", default)
+
+    def i32(self, field: int, default: int = 0) -> int:
+        return self.scalar(field, "i", default)
+
+    def u32(self, field: int, default: int = 0) -> int:
+        return self.scalar(field, "I", default)
+
+    def target(self, field: int) -> int | None:
+        """Where the object an offset field refers to starts (None when absent)."""
+        at = self.field(field)
+        return None if at is None else at + _u32(self.buf, at)
+
+    def vector(self, field: int) -> tuple[int, int]:
+        """(position of the first element, length) of a vector field; (0, 0) if absent."""
+        start = self.target(field)
+        return (0, 0) if start is None else (start + 4, _u32(self.buf, start))
+
+    def table(self, field: int) -> Table | None:
+        start = self.target(field)
+        return None if start is None else Table(self.buf, start)
+
+    def tables(self, field: int) -> list[Table]:
+        first, count = self.vector(field)
+        return [
+            Table(self.buf, first + 4 * i + _u32(self.buf, first + 4 * i)) for i in range(count)
+        ]
+
+    def numbers(self, field: int, fmt: str) -> list:
+        first, count = self.vector(field)
+        return list(struct.unpack_from(f"<{count}{fmt}", self.buf, first)) if count else []
+
+    def raw(self, field: int) -> bytes:
+        first, count = self.vector(field)
+        return bytes(self.buf[first : first + count])
+
+    def string(self, field: int) -> str:
+        return self.raw(field).decode("utf-8", "replace")
 
 
 def _invalid(e: Exception) -> UserError:
     return UserError(f"not a valid TFLite flatbuffer ({e}); is the file complete?")
 
 
-def _subgraph(buf, subgraph: int) -> int:
-    tables = _tables(buf, _field(buf, _u32(buf, 0), MODEL_SUBGRAPHS))
+def _subgraph(buf, subgraph: int) -> Table:
+    tables = Table.root(buf).tables(MODEL_SUBGRAPHS)
     if subgraph >= len(tables):
         raise UserError(f"the model has {len(tables)} subgraph(s), not {subgraph + 1}")
     return tables[subgraph]
@@ -79,10 +125,9 @@ def output_positions(content: bytes, subgraph: int = 0) -> tuple[int, list[int]]
     """(byte position of the subgraph's output list, the tensor indices it holds)."""
     buf = memoryview(content)
     try:
-        outputs = _field(buf, _subgraph(buf, subgraph), SUBGRAPH_OUTPUTS)
-        start, length = _vector(buf, outputs)
-        return start, list(struct.unpack_from(f"<{length}i", buf, start))
-    except (struct.error, TypeError) as e:
+        table = _subgraph(buf, subgraph)
+        return table.vector(SUBGRAPH_OUTPUTS)[0], table.numbers(SUBGRAPH_OUTPUTS, "i")
+    except (struct.error, TypeError, IndexError) as e:
         raise _invalid(e) from e
 
 
@@ -91,18 +136,9 @@ def io_counts(content: bytes, subgraph: int = 0) -> tuple[int, int]:
     buf = memoryview(content)
     try:
         table = _subgraph(buf, subgraph)
-        return tuple(
-            _vector(buf, _field(buf, table, f))[1] for f in (SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS)
-        )
-    except (struct.error, TypeError) as e:
+        return table.vector(SUBGRAPH_INPUTS)[1], table.vector(SUBGRAPH_OUTPUTS)[1]
+    except (struct.error, TypeError, IndexError) as e:
         raise _invalid(e) from e
-
-
-def _string(buf, at: int | None) -> str:
-    if at is None:
-        return ""
-    start, length = _vector(buf, at)
-    return bytes(buf[start : start + length]).decode("utf-8", "replace")
 
 
 def metadata(content: bytes) -> dict[str, bytes]:
@@ -110,19 +146,12 @@ def metadata(content: bytes) -> dict[str, bytes]:
     "TFLITE_METADATA", ...)."""
     buf = memoryview(content)
     try:
-        root = _u32(buf, 0)
-        buffers = _tables(buf, _field(buf, root, MODEL_BUFFERS))
-        out = {}
-        for entry in _tables(buf, _field(buf, root, MODEL_METADATA)):
-            name = _string(buf, _field(buf, entry, METADATA_NAME))
-            index_at = _field(buf, entry, METADATA_BUFFER)
-            data_at = _field(buf, buffers[_u32(buf, index_at) if index_at else 0], BUFFER_DATA)
-            if data_at is None:
-                out[name] = b""
-                continue
-            start, length = _vector(buf, data_at)
-            out[name] = bytes(buf[start : start + length])
-        return out
+        root = Table.root(buf)
+        buffers = root.tables(MODEL_BUFFERS)
+        return {
+            entry.string(METADATA_NAME): buffers[entry.u32(METADATA_BUFFER)].raw(BUFFER_DATA)
+            for entry in root.tables(MODEL_METADATA)
+        }
     except (struct.error, TypeError, IndexError) as e:
         raise _invalid(e) from e
 
@@ -142,27 +171,22 @@ def with_metadata_buffer(content: bytes, name: str, data: bytes) -> bytes:
     try:
         if bytes(buf[4:8]) != TFLITE_IDENTIFIER:
             raise ValueError("no TFL3 identifier")
-        root = _u32(buf, 0)
-        buffers = _tables(buf, _field(buf, root, MODEL_BUFFERS))
+        root = Table.root(buf)
+        buffers = root.tables(MODEL_BUFFERS)
         for table in buffers:
-            at = _field(buf, table, BUFFER_OFFSET)
-            if at is not None and struct.unpack_from("<Q", buf, at)[0] > 1:
+            if table.scalar(BUFFER_OFFSET, "Q") > 1:
                 raise UserError(
                     "the model keeps its weights outside the flatbuffer (a >2 GB model); "
                     "metadata cannot be added to it"
                 )
-        entries = []
-        for entry in _tables(buf, _field(buf, root, MODEL_METADATA)):
-            if _string(buf, _field(buf, entry, METADATA_NAME)) != name:
-                entries.append(entry)
-        vtable = root - struct.unpack_from("<i", buf, root)[0]
-        slots = (struct.unpack_from("<H", buf, vtable)[0] - 4) // 2
+        entries = [e for e in root.tables(MODEL_METADATA) if e.string(METADATA_NAME) != name]
+        slots = root.slots()
         if slots > MODEL_FIELDS:
             raise UserError(
                 f"the model's schema has {slots} Model fields, this code knows {MODEL_FIELDS}"
             )
-        fields = {f: _field(buf, root, f) for f in range(slots)}
-    except (struct.error, TypeError, ValueError) as e:
+        fields = {f: root.field(f) for f in range(slots)}
+    except (struct.error, TypeError, ValueError, IndexError) as e:
         raise _invalid(e) from e
 
     old = bytes(content) + b"\0" * (-len(content) % ALIGNMENT)
@@ -193,8 +217,8 @@ def with_metadata_buffer(content: bytes, name: str, data: bytes) -> bytes:
             b.PrependUOffsetTRelative(off)
         return b.EndVector()
 
-    buffers_vector = vector([ref(t) for t in buffers] + [new_buffer])
-    metadata_vector = vector([ref(t) for t in entries] + [new_entry])
+    buffers_vector = vector([ref(t.pos) for t in buffers] + [new_buffer])
+    metadata_vector = vector([ref(t.pos) for t in entries] + [new_entry])
     b.StartObject(MODEL_FIELDS)
     for field, at in fields.items():
         if field in (MODEL_BUFFERS, MODEL_METADATA) or at is None:

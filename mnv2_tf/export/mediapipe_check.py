@@ -5,14 +5,9 @@ optimization 0.8.1 needs ~=1.2; older releases need numpy < 2 and protobuf < 5, 
 rejects), so it gets a venv of its own (`ensure_venv`, built once and reused) where
 `mediapipe_client.py` runs ImageClassifier, ObjectDetector or ImageSegmenter on image files,
 configured from each model's metadata alone. Here the same images go through LiteRT, fed as
-the metadata says (`evaluate.Runner`), and the two are compared:
-
-  classification: top-1 agreement (and every category's score);
-  detection: the same detections, each matched one to one: same class, score within 1e-4,
-    box (origin and size, in pixels as MediaPipe reports them: truncated, and clamped to the
-    image) within one pixel (MediaPipe merges detections whose pixel boxes are identical
-    into one with several categories: each category counts as a detection);
-  segmentation: the category masks, pixel for pixel, for images at the model's input size.
+the metadata says (`evaluate.Runner`), and the task compares the two
+(`Task.mediapipe_agreement`: classification's top-1, detection's detections one to one,
+segmentation's category masks pixel for pixel); a task without a MediaPipe API is refused.
 
 The images are eval-split images at the model's input size, as whole RGB pixels in PNG files.
 """
@@ -36,9 +31,6 @@ from mnv2_tf.export import run as run_lib
 REQUIREMENT = "mediapipe==1.2.2"
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "mnv2_tf", "mediapipe-1.2.2")
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mediapipe_client.py")
-# What "the same" means (see the module docstring).
-SCORE_TOLERANCE = 1e-4
-BOX_TOLERANCE_PX = 1.0
 
 
 def ensure_venv(path: str | None = None, log=print) -> str:
@@ -112,86 +104,6 @@ def litert_outputs(path: str, run: run_lib.Run, pixels: np.ndarray) -> dict[str,
     return runner(((pixels.astype(np.float32) - p.mean) / p.std).astype(np.float32))
 
 
-def compare_classification(litert: dict, mp: dict) -> dict:
-    probabilities = litert["probabilities"]
-    top = probabilities.argmax(-1)
-    mp_top = mp["top"]
-    tie = (mp_top != top) & (probabilities[np.arange(len(top)), mp_top] == probabilities.max(-1))
-    agree = (mp_top == top) | tie
-    return {
-        "images": len(top),
-        "top1_agreement": float(agree.mean()),
-        "top1_same_index": float((mp_top == top).mean()),
-        "ties_ordered_differently": int(tie.sum()),
-        "max_score_difference": float(np.nanmax(np.abs(mp["scores"] - probabilities))),
-        "passed": bool(agree.all()),
-    }
-
-
-def compare_detection(litert: dict, mp: dict, size: tuple[int, int], labels: list[str]) -> dict:
-    """Every LiteRT detection matched to one MediaPipe detection of the same image and class
-    (its label; score within SCORE_TOLERANCE, box within BOX_TOLERANCE_PX), none left over."""
-    height, width = size
-    rows, names = mp["detections"], list(mp["names"])
-    matched = total = extra = 0
-    worst_box = worst_score = 0.0
-    for i in range(len(litert["num_detections"])):
-        n = round(float(np.ravel(litert["num_detections"][i])[0]))
-        ours = []
-        for k in range(n):
-            ymin, xmin, ymax, xmax = litert["detection_boxes"][i, k]
-            box = np.array(
-                [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height]
-            )
-            # MediaPipe reports pixel boxes clamped to the image, each number on its own:
-            # origin to [0, side], size to at most the side (measured on boxes that leave it).
-            box = np.clip(box, 0, [width, height, width, height])
-            cls = int(litert["detection_classes"][i, k])
-            ours.append((box, labels[cls], float(litert["detection_scores"][i, k])))
-        theirs = [(r, names[j]) for j, r in enumerate(rows) if int(r[0]) == i]
-        used = [False] * len(theirs)
-        total += len(ours)
-        for box, cls, score in ours:
-            best = None
-            for j, (r, name) in enumerate(theirs):
-                if used[j] or name != cls:
-                    continue
-                box_error = float(np.abs(r[1:5] - box).max())
-                score_error = abs(float(r[5]) - score)
-                close = box_error <= BOX_TOLERANCE_PX and score_error <= SCORE_TOLERANCE
-                if close and (best is None or score_error < best[1]):
-                    best = (j, score_error, box_error)
-            if best is not None:
-                used[best[0]] = True
-                matched += 1
-                worst_score = max(worst_score, best[1])
-                worst_box = max(worst_box, best[2])
-        extra += used.count(False)
-    return {
-        "images": len(litert["num_detections"]),
-        "litert_detections": total,
-        "matched": matched,
-        "mediapipe_unmatched": extra,
-        "max_box_difference_px": worst_box,
-        "max_score_difference": worst_score,
-        "passed": matched == total and extra == 0 and total > 0,
-    }
-
-
-def compare_segmentation(litert: dict, mp: dict) -> dict:
-    ours = litert["scores"].argmax(-1)
-    theirs = mp["category_mask"].astype(np.int64)
-    if theirs.shape != ours.shape:
-        return {"passed": False, "shapes": [list(ours.shape), list(theirs.shape)]}
-    same = ours == theirs
-    return {
-        "images": len(ours),
-        "pixel_agreement": float(same.mean()),
-        "identical_images": int(same.all(axis=(1, 2)).sum()),
-        "passed": bool(same.all()),
-    }
-
-
 def check(
     workdir: str,
     export_dir: str | None = None,
@@ -204,6 +116,11 @@ def check(
     """Runs the exported `files` of a workdir in MediaPipe Tasks and in LiteRT on the same
     eval images; returns the comparison of each file (`passed` says it agrees)."""
     run = run_lib.load(workdir, "final")
+    if not run.task.mediapipe_api:
+        raise UserError(
+            f"the {run.task.name} task has no MediaPipe Tasks API: there is no client to check "
+            "its models with"
+        )
     export_dir = export_dir or os.path.join(workdir, "export")
     python = python or ensure_venv(log=log)
     paths = {f: os.path.join(export_dir, f) for f in files}
@@ -231,11 +148,6 @@ def check(
     for name, path in paths.items():
         ours = litert_outputs(path, run, pixels)
         theirs = {key.split("/", 1)[1]: v for key, v in mp.items() if key.startswith(name + "/")}
-        if run.task.name == "classification":
-            result["models"][name] = compare_classification(ours, theirs)
-        elif run.task.name == "detection":
-            result["models"][name] = compare_detection(ours, theirs, size, run.class_names)
-        else:
-            result["models"][name] = compare_segmentation(ours, theirs)
+        result["models"][name] = run.task.mediapipe_agreement(ours, theirs, size)
     result["passed"] = all(m["passed"] for m in result["models"].values())
     return result

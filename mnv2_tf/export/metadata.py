@@ -25,9 +25,8 @@ import zipfile
 
 import flatbuffers
 import numpy as np
-from flatbuffers import number_types as N
-from flatbuffers.table import Table
 
+from mnv2_tf.app_io import Tensor
 from mnv2_tf.errors import UserError
 from mnv2_tf.export import flatbuffer
 
@@ -73,33 +72,6 @@ MODEL = {
     "min_parser_version": 7,
 }
 SEGMENTER_OPTIONS = {"activation": 0, "min_parser_version": 1}
-
-
-@dataclasses.dataclass
-class Tensor:
-    """One input or output tensor's metadata.
-
-    content: "image" (ImageProperties), "feature" or "bounding_box".
-    normalization: (mean, std) of an input, per channel or one value for all.
-    labels: (file name, type) of the labels file that annotates it ("TENSOR_AXIS_LABELS":
-      one label per index of the last axis; "TENSOR_VALUE_LABELS": the tensor's values
-      are indices into it).
-    value_range: the dimensions one content object spans (Content.range), e.g. (2, 2) for
-      the per-detection outputs [1, N] or [1, N, 4].
-    """
-
-    name: str
-    description: str = ""
-    content: str = "feature"
-    color_space: str = "RGB"
-    image_size: tuple[int, int] | None = None  # (width, height)
-    normalization: tuple[list[float], list[float]] | None = None
-    stats: tuple[list[float], list[float]] | None = None  # (min, max)
-    labels: tuple[str, str] | None = None
-    box_index: tuple[int, ...] = ()
-    box_type: str = "BOUNDARIES"
-    box_coordinates: str = "RATIO"
-    value_range: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass
@@ -313,64 +285,7 @@ def packed_files(content: bytes) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
-class _Reader:
-    """Field access on one table of a flatbuffer, by slot."""
-
-    def __init__(self, buf: bytearray, pos: int):
-        self.t = Table(buf, pos)
-
-    def _at(self, slot: int) -> int:
-        return self.t.Offset(4 + 2 * slot)
-
-    def string(self, slot: int) -> str:
-        o = self._at(slot)
-        return self.t.String(o + self.t.Pos).decode() if o else ""
-
-    def u8(self, slot: int, default: int = 0) -> int:
-        o = self._at(slot)
-        return self.t.Get(N.Uint8Flags, o + self.t.Pos) if o else default
-
-    def i32(self, slot: int, default: int = 0) -> int:
-        o = self._at(slot)
-        return self.t.Get(N.Int32Flags, o + self.t.Pos) if o else default
-
-    def u32(self, slot: int, default: int = 0) -> int:
-        o = self._at(slot)
-        return self.t.Get(N.Uint32Flags, o + self.t.Pos) if o else default
-
-    def table(self, slot: int) -> _Reader | None:
-        o = self._at(slot)
-        return _Reader(self.t.Bytes, self.t.Indirect(o + self.t.Pos)) if o else None
-
-    def tables(self, slot: int) -> list[_Reader]:
-        o = self._at(slot)
-        if not o:
-            return []
-        start = self.t.Vector(o)
-        return [
-            _Reader(self.t.Bytes, self.t.Indirect(start + 4 * i))
-            for i in range(self.t.VectorLen(o))
-        ]
-
-    def numbers(self, slot: int, flags) -> list:
-        o = self._at(slot)
-        if not o:
-            return []
-        return self.t.GetVectorAsNumpy(flags, o).tolist()
-
-    def raw(self, slot: int) -> bytes:
-        o = self._at(slot)
-        if not o:
-            return b""
-        start = self.t.Vector(o)
-        return bytes(self.t.Bytes[start : start + self.t.VectorLen(o)])
-
-
-def _root(buf: bytearray) -> _Reader:
-    return _Reader(buf, flatbuffers.encode.Get(N.UOffsetTFlags.packer_type, buf, 0))
-
-
-def _read_tensor(r: _Reader) -> Tensor:
+def _read_tensor(r: flatbuffer.Table) -> Tensor:
     t = Tensor(name=r.string(TENSOR["name"]), description=r.string(TENSOR["description"]))
     content = r.table(TENSOR["content"])
     if content:
@@ -385,7 +300,7 @@ def _read_tensor(r: _Reader) -> Tensor:
             if size:
                 t.image_size = (size.u32(IMAGE_SIZE["width"]), size.u32(IMAGE_SIZE["height"]))
         elif t.content == "bounding_box" and p:
-            t.box_index = tuple(p.numbers(BOX_PROPERTIES["index"], N.Uint32Flags))
+            t.box_index = tuple(p.numbers(BOX_PROPERTIES["index"], "I"))
             t.box_type = {v: k for k, v in BOX_TYPES.items()}.get(
                 p.u8(BOX_PROPERTIES["type"]), "UNKNOWN"
             )
@@ -402,13 +317,13 @@ def _read_tensor(r: _Reader) -> Tensor:
         if unit.u8(PROCESS_UNIT["options_type"]) == NORMALIZATION_OPTIONS:
             o = unit.table(PROCESS_UNIT["options"])
             t.normalization = (
-                o.numbers(NORMALIZATION["mean"], N.Float32Flags),
-                o.numbers(NORMALIZATION["std"], N.Float32Flags),
+                o.numbers(NORMALIZATION["mean"], "f"),
+                o.numbers(NORMALIZATION["std"], "f"),
             )
     stats = r.table(TENSOR["stats"])
     if stats:
-        t.stats = (stats.numbers(STATS["min"], N.Float32Flags),
-                   stats.numbers(STATS["max"], N.Float32Flags))  # fmt: skip
+        t.stats = (stats.numbers(STATS["min"], "f"),
+                   stats.numbers(STATS["max"], "f"))  # fmt: skip
     files = r.tables(TENSOR["files"])
     if files:
         kind = files[0].u8(ASSOCIATED_FILE["type"])
@@ -432,7 +347,7 @@ def read(content: bytes) -> Model | None:
     buf = bytearray(data)
     if bytes(buf[4:8]) != FILE_IDENTIFIER:
         raise UserError(f"the model's metadata is not a {FILE_IDENTIFIER.decode()} flatbuffer")
-    root = _root(buf)
+    root = flatbuffer.Table.root(buf)
     subgraph = root.tables(MODEL["subgraphs"])[0]
     custom = {
         c.string(CUSTOM["name"]): c.raw(CUSTOM["data"]) for c in subgraph.tables(SUBGRAPH["custom"])
@@ -452,6 +367,6 @@ def read(content: bytes) -> Model | None:
 
 
 def read_segmenter_activation(data: bytes) -> str:
-    r = _root(bytearray(data))
+    r = flatbuffer.Table.root(data)
     value = r.u8(SEGMENTER_OPTIONS["activation"])
     return {v: k for k, v in ACTIVATIONS.items()}[value]

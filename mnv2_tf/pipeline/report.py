@@ -183,8 +183,14 @@ def plot_tradeoff(table: list[dict], path: str, threads: int) -> None:
 
 
 def write(runs: list[dict], folder: str) -> dict:
-    """Writes report.md, report.json, training.png and tradeoff.png into `folder`."""
+    """Writes report.md, report.json, training.png and tradeoff.png into `folder` (held by
+    this writer alone, as the pipeline holds its workdir)."""
     fileio.makedirs(folder)
+    with fileio.workdir_lock(folder, "the pipeline report"):
+        return _write(runs, folder)
+
+
+def _write(runs: list[dict], folder: str) -> dict:
     table = rows(runs)
     plots = {"Training curves": os.path.join(folder, "training.png")}
     plot_training(runs, plots["Training curves"])

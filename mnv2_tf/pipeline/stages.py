@@ -1,7 +1,7 @@
 """The main job: train -> export -> evaluate -> benchmark, for one config or a sweep.
 
 The settings of every stage are the config's (`export`, `bench` sections). Each stage writes
-its outputs into the run's workdir and is skipped when they are already there and complete,
+its outputs into the run's workdir (held by this job alone: `fileio.workdir_lock`) and is skipped when they are already there and complete,
 so re-running the same command after an interruption only redoes what was lost: an
 interrupted training resumes from its checkpoint (the trainer's own resume), a finished
 export or benchmark is read back.
@@ -215,15 +215,19 @@ def run(config, workdir: str, sweep: str | None = None, android=None, log=print)
     grid = parse_sweep(sweep)
     exporter.settings_of(config)  # bad export settings fail before hours of training
     threads_of(config)
-    runs = []
-    for overrides in grid:
-        run_dir = (
-            workdir
-            if len(grid) == 1 and not overrides
-            else os.path.join(workdir, run_name(overrides))
+    fileio.makedirs(workdir)
+    # One pipeline per workdir: a second one (another terminal, another Colab runtime on the
+    # same Drive folder) stops with one line naming this one.
+    with fileio.workdir_lock(workdir, "pipeline.py"):
+        runs = []
+        for overrides in grid:
+            run_dir = (
+                workdir
+                if len(grid) == 1 and not overrides
+                else os.path.join(workdir, run_name(overrides))
+            )
+            runs.append(run_one(apply(config, overrides), run_dir, android, log))
+        fileio.write_json_atomic(
+            os.path.join(workdir, "pipeline_runs.json"), json.loads(json.dumps(runs))
         )
-        runs.append(run_one(apply(config, overrides), run_dir, android, log))
-    fileio.write_json_atomic(
-        os.path.join(workdir, "pipeline_runs.json"), json.loads(json.dumps(runs))
-    )
     return runs

@@ -15,8 +15,10 @@ the network outputs lives in a `Task`:
   quantization-aware training runs;
 - the columns that reports show for it.
 
-Tasks stand below the stages: a task imports models, data and the file I/O, never train/,
-export/ or pipeline/ (those import it). A task is a plain class (as tensorflow/models'
+Tasks stand below the stages: a task imports models, data, the task's own machinery
+(detection/, segmentation/), the file I/O, config, errors and `app_io` (what its outputs are
+to an app, as plain data), never train/, export/ or pipeline/ (those import it; a test
+checks). A task is a plain class (as tensorflow/models'
 `official/core/base_task.py`, without its framework), built for a config and a number of
 classes; `mnv2_tf.tasks.TASKS` maps `config.task` to it.
 """
@@ -30,8 +32,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mnv2_tf import app_io, data
 from mnv2_tf import config as config_lib
-from mnv2_tf import data
 from mnv2_tf.models.common import Preprocessing
 
 
@@ -101,6 +103,9 @@ class Task:
     # in their metadata ("image classifier").
     mediapipe_api: str = ""
     app_name: str = ""
+    # A segmenter's activation on its scores, as an app must apply it (`app_io.ACTIVATIONS`;
+    # MediaPipe's ImageSegmenterOptions); empty for the other tasks.
+    output_activation: str = ""
     # The pipeline's report shows `examples_png` of the deployed model.
     draws_examples: bool = False
     # Columns of the export report and of the pipeline's summary table.
@@ -181,15 +186,11 @@ class Task:
         """The TFLite model's outputs (names and values) from the inference model."""
         raise NotImplementedError
 
-    def output_metadata(self, labels_file: str) -> list:
-        """The metadata (`export.metadata.Tensor`) of each output, in the file's order, for
-        apps: the role MediaPipe Tasks reads, the labels file (`labels_file`) it annotates.
-        Empty: each output is described by its name only."""
+    def output_metadata(self, labels_file: str) -> list[app_io.Tensor]:
+        """What each output is to an app (`app_io.Tensor`, plain data), in the file's order:
+        the role MediaPipe Tasks reads, the labels file (`labels_file`) it annotates. Empty:
+        each output is described by its name only. export/ writes it as metadata."""
         return []
-
-    def custom_metadata(self) -> dict[str, bytes]:
-        """SubGraphMetadata.custom_metadata entries (name -> flatbuffer)."""
-        return {}
 
     def mediapipe_type_problems(self, output_types: list[str]) -> list[str]:
         """Why MediaPipe's task API would refuse outputs of these dtypes (or of this task's
@@ -201,6 +202,13 @@ class Task:
         return self.mediapipe_type_problems([o.dtype for o in outputs])
 
     def comparison(self) -> Comparison:
+        raise NotImplementedError
+
+    def mediapipe_agreement(self, litert: dict, mediapipe: dict, image_size) -> dict:
+        """How MediaPipe's outputs (`mediapipe_client.py`'s, for this task's
+        `mediapipe_api`) on a set of images compare with the `.tflite` model's through
+        LiteRT on the same images (numpy arrays; `image_size` (height, width)); `passed`
+        says they agree. Only for tasks with a `mediapipe_api`."""
         raise NotImplementedError
 
     def check(self, mode: str, summary: dict) -> str:

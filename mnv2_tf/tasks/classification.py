@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from mnv2_tf.export import metadata
+from mnv2_tf import app_io
 from mnv2_tf.models import weights as weights_lib
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.tasks import base
@@ -152,7 +152,7 @@ class Classification(base.Task):
 
     def output_metadata(self, labels_file: str) -> list:
         return [
-            metadata.Tensor(
+            app_io.Tensor(
                 "probabilities", "Softmax probability of each class, in the labels' order.",
                 labels=(labels_file, "TENSOR_AXIS_LABELS"),
             )
@@ -170,6 +170,25 @@ class Classification(base.Task):
 
     def comparison(self) -> Comparison:
         return Comparison()
+
+    def mediapipe_agreement(self, litert: dict, mp: dict, image_size) -> dict:
+        """ImageClassifier against LiteRT: top-1 (a tie listed in another order agrees) and
+        every category's score."""
+        probabilities = litert["probabilities"]
+        top = probabilities.argmax(-1)
+        mp_top = mp["top"]
+        tie = (mp_top != top) & (
+            probabilities[np.arange(len(top)), mp_top] == probabilities.max(-1)
+        )
+        agree = (mp_top == top) | tie
+        return {
+            "images": len(top),
+            "top1_agreement": float(agree.mean()),
+            "top1_same_index": float((mp_top == top).mean()),
+            "ties_ordered_differently": int(tie.sum()),
+            "max_score_difference": float(np.nanmax(np.abs(mp["scores"] - probabilities))),
+            "passed": bool(agree.all()),
+        }
 
     def check(self, mode: str, summary: dict) -> str:
         if summary["eval_examples"] == 0:

@@ -21,18 +21,21 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mnv2_tf import app_io, data, fileio
 from mnv2_tf import config as config_lib
-from mnv2_tf import data, fileio
 from mnv2_tf.data import detection as detection_data
 from mnv2_tf.data import detection_preprocess
 from mnv2_tf.detection import boxes as box_lib
 from mnv2_tf.detection import coco_eval, postprocess
 from mnv2_tf.detection import loss as loss_lib
 from mnv2_tf.errors import UserError
-from mnv2_tf.export import metadata
 from mnv2_tf.models import ssdlite
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.tasks import base
+
+# What "the same" means in the MediaPipe check (`mediapipe_agreement`).
+MEDIAPIPE_SCORE_TOLERANCE = 1e-4
+MEDIAPIPE_BOX_TOLERANCE_PX = 1.0
 
 # The self-check (see classification.py for the philosophy: it catches a broken
 # conversion, the quality targets live in benchmarks/). float32 must score the Keras
@@ -251,17 +254,17 @@ class Detection(base.Task):
         # MediaPipe's ObjectDetector reads them by (postprocess.OUTPUT_NAMES).
         per_detection = (2, 2)  # [1, N] / [1, N, 4]: one content object per detection
         return [
-            metadata.Tensor(
+            app_io.Tensor(
                 "location", "Boxes [top, left, bottom, right], fractions of the image.",
                 "bounding_box", box_index=(1, 0, 3, 2), box_type="BOUNDARIES",
                 box_coordinates="RATIO", value_range=per_detection,
             ),
-            metadata.Tensor(
+            app_io.Tensor(
                 "category", "Class of each detection: a line of the labels file.",
                 labels=(labels_file, "TENSOR_VALUE_LABELS"), value_range=per_detection,
             ),
-            metadata.Tensor("score", "Score of each detection.", value_range=per_detection),
-            metadata.Tensor("number of detections", "How many rows hold detections."),
+            app_io.Tensor("score", "Score of each detection.", value_range=per_detection),
+            app_io.Tensor("number of detections", "How many rows hold detections."),
         ]  # fmt: skip
 
     def mediapipe_output_problems(self, outputs: list) -> list[str]:
@@ -274,6 +277,63 @@ class Detection(base.Task):
 
     def comparison(self) -> Comparison:
         return Comparison(self.class_names)
+
+    def mediapipe_agreement(self, litert: dict, mp: dict, image_size) -> dict:
+        """ObjectDetector against LiteRT: every LiteRT detection matched to one MediaPipe
+        detection of the same image and class (its label; score within
+        MEDIAPIPE_SCORE_TOLERANCE, box within MEDIAPIPE_BOX_TOLERANCE_PX in pixels as MediaPipe
+        reports them: truncated, and clamped to the image), none left over. MediaPipe merges
+        detections whose pixel boxes are identical into one with several categories: each
+        category counts as a detection."""
+        labels = self.class_names
+        height, width = image_size
+        rows, names = mp["detections"], list(mp["names"])
+        matched = total = extra = 0
+        worst_box = worst_score = 0.0
+        for i in range(len(litert["num_detections"])):
+            n = round(float(np.ravel(litert["num_detections"][i])[0]))
+            ours = []
+            for k in range(n):
+                ymin, xmin, ymax, xmax = litert["detection_boxes"][i, k]
+                box = np.array(
+                    [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height]
+                )
+                # MediaPipe reports pixel boxes clamped to the image, each number on its own:
+                # origin to [0, side], size to at most the side (measured on boxes that leave it).
+                box = np.clip(box, 0, [width, height, width, height])
+                cls = int(litert["detection_classes"][i, k])
+                ours.append((box, labels[cls], float(litert["detection_scores"][i, k])))
+            theirs = [(r, names[j]) for j, r in enumerate(rows) if int(r[0]) == i]
+            used = [False] * len(theirs)
+            total += len(ours)
+            for box, cls, score in ours:
+                best = None
+                for j, (r, name) in enumerate(theirs):
+                    if used[j] or name != cls:
+                        continue
+                    box_error = float(np.abs(r[1:5] - box).max())
+                    score_error = abs(float(r[5]) - score)
+                    close = (
+                        box_error <= MEDIAPIPE_BOX_TOLERANCE_PX
+                        and score_error <= MEDIAPIPE_SCORE_TOLERANCE
+                    )
+                    if close and (best is None or score_error < best[1]):
+                        best = (j, score_error, box_error)
+                if best is not None:
+                    used[best[0]] = True
+                    matched += 1
+                    worst_score = max(worst_score, best[1])
+                    worst_box = max(worst_box, best[2])
+            extra += used.count(False)
+        return {
+            "images": len(litert["num_detections"]),
+            "litert_detections": total,
+            "matched": matched,
+            "mediapipe_unmatched": extra,
+            "max_box_difference_px": worst_box,
+            "max_score_difference": worst_score,
+            "passed": matched == total and extra == 0 and total > 0,
+        }
 
     def check(self, mode: str, summary: dict) -> str:
         if summary["eval_examples"] == 0:

@@ -21,12 +21,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mnv2_tf import app_io, data, fileio
 from mnv2_tf import config as config_lib
-from mnv2_tf import data, fileio
 from mnv2_tf.data import segmentation as segmentation_data
 from mnv2_tf.data import segmentation_preprocess
 from mnv2_tf.errors import UserError
-from mnv2_tf.export import metadata
 from mnv2_tf.models import deeplab
 from mnv2_tf.models.common import Preprocessing
 from mnv2_tf.segmentation import loss as loss_lib
@@ -148,6 +147,7 @@ class Segmentation(base.Task):
     float_outputs = True  # scores as float32; the category mask is uint8 either way
     mediapipe_api = "ImageSegmenter"
     app_name = "image segmenter"
+    output_activation = "NONE"  # the scores are probabilities already: none to apply
     draws_examples = True
     export_columns = (
         base.Column("miou", "mIOU TFLite", "pct"),
@@ -257,15 +257,11 @@ class Segmentation(base.Task):
             name, what = "scores", "Probability of each class at each pixel (softmax)"
             kind = "TENSOR_AXIS_LABELS"
         return [
-            metadata.Tensor(
+            app_io.Tensor(
                 name, f"{what}, at input size; classes: the labels file.", "image",
                 color_space="GRAYSCALE", value_range=(1, 2), labels=(labels_file, kind),
             )
         ]  # fmt: skip
-
-    def custom_metadata(self) -> dict[str, bytes]:
-        # The scores are probabilities already: MediaPipe applies no activation.
-        return {metadata.SEGMENTER_METADATA: metadata.segmenter_options("NONE")}
 
     def mediapipe_type_problems(self, output_types: list[str]) -> list[str]:
         if self.config.export.get("category_mask"):
@@ -283,6 +279,20 @@ class Segmentation(base.Task):
 
     def comparison(self) -> Comparison:
         return Comparison(self.num_classes, self.class_names)
+
+    def mediapipe_agreement(self, litert: dict, mp: dict, image_size) -> dict:
+        """ImageSegmenter against LiteRT: the category masks, pixel for pixel."""
+        ours = litert["scores"].argmax(-1)
+        theirs = mp["category_mask"].astype(np.int64)
+        if theirs.shape != ours.shape:
+            return {"passed": False, "shapes": [list(ours.shape), list(theirs.shape)]}
+        same = ours == theirs
+        return {
+            "images": len(ours),
+            "pixel_agreement": float(same.mean()),
+            "identical_images": int(same.all(axis=(1, 2)).sum()),
+            "passed": bool(same.all()),
+        }
 
     def check(self, mode: str, summary: dict) -> str:
         if summary["eval_examples"] == 0:
