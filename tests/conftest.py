@@ -3,6 +3,7 @@
 import mnv2_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 # isort: split
+import contextlib
 import fcntl
 import os
 import pathlib
@@ -87,3 +88,45 @@ def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return folder
+
+
+# --- a user's data is read-only to us ---------------------------------------------------------
+
+
+def tree_digest(root) -> dict[str, str]:
+    """Every file and folder under `root` (relative path -> sha256 of its bytes, or "dir"):
+    equal before and after a stage means the stage wrote nothing there."""
+    import hashlib
+
+    root = pathlib.Path(root)
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        key = path.relative_to(root).as_posix()
+        digest[key] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest
+
+
+def _chattr(flag: str, root) -> bool:
+    import subprocess
+
+    done = subprocess.run(["chattr", "-R", flag, str(root)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@contextlib.contextmanager
+def read_only_tree(root):
+    """`root` made immutable for the block (`chattr +i`: even root cannot write, create or
+    delete there; CI runs as root, so permission bits alone would prove nothing), and its
+    digest compared after. Yields whether the file system took the immutable flag (ext4
+    does; where one does not, the digest alone checks)."""
+    before = tree_digest(root)
+    immutable = _chattr("+i", root)
+    try:
+        yield immutable
+    finally:
+        if immutable:
+            _chattr("-i", root)
+    after = tree_digest(root)
+    assert after == before, f"files under {root} changed: " + ", ".join(
+        sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))[:5]
+    )

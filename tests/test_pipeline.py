@@ -4,6 +4,8 @@ resumes with one training run's worth of epochs."""
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +13,12 @@ import time
 
 import pytest
 
+from mnv2_tf import fileio
 from mnv2_tf.config import load_file
 from mnv2_tf.errors import UserError
 from mnv2_tf.pipeline import report, stages
-from tests.test_train import TINY, needs_fmnist
+from tests.conftest import read_only_tree
+from tests.test_train import FASHION_MNIST, TINY, needs_fmnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -118,10 +122,28 @@ def pipeline_cmd(workdir, *extra):
 @needs_fmnist
 def test_pipeline_runs_every_stage_and_skips_them_when_run_again(tmp_path):
     workdir = tmp_path / "run"
-    first = subprocess.run(
-        pipeline_cmd(workdir), cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
-    assert first.returncode == 0, first.stderr
+    # The IDX files as a user holds them (a copy, immutable while the job reads them), and two
+    # pipeline.py runs started at once on one workdir: one runs, the other stops in one line.
+    data = tmp_path / "fmnist"
+    shutil.copytree(FASHION_MNIST, data)
+    cmd = pipeline_cmd(workdir, f"--config.data.data_dir={data}")
+    with read_only_tree(data):
+        both = [
+            subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        done = [(p.wait(timeout=900), *p.communicate()) for p in both]
+    codes = sorted(code for code, _, _ in done)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in done]
+    first = next(d for d in done if d[0] == 0)
+    refused = next(d for d in done if d[0] == 2)[2].strip().splitlines()[-1]
+    assert re.match(
+        rf"error: workdir {workdir} is in use by pipeline.py \(pid \d+ on .*\): wait for it to end",
+        refused,
+    ), refused
+    assert not (workdir / fileio.LOCK_NAME).exists()  # released by the run that held it
     for name in ("report.md", "report.json", "training.png", "tradeoff.png", "benchmark.json",
                  "export/model_int8.tflite", "export/export_report.json", "final/model.h5"):  # fmt: skip
         assert (workdir / name).exists(), name
@@ -133,12 +155,14 @@ def test_pipeline_runs_every_stage_and_skips_them_when_run_again(tmp_path):
             next(ln for ln in md.splitlines() if f"| {name} |" in ln).split("|")[3].strip()
             == "ready"
         )
+    assert "wrote" in first[1], first[2][-2000:]
     first_rows = json.loads((workdir / "report.json").read_text())["rows"]
     # Again, in-process with the same config: every stage is found done.
     config = load_file(str(ROOT / "configs" / "fashion_mnist.py"))
     for key, value in {**LEARNS, **PIPELINE_SETTINGS}.items():
         section, field = key.split(".")
         config[section][field] = value
+    config.data.data_dir = str(data)
     lines = []
     report.write(stages.run(config, str(workdir), log=lines.append), str(workdir))
     for stage in ("[train]", "[export]", "[benchmark]"):

@@ -13,7 +13,7 @@ from mnv2_tf.data import synthetic
 from mnv2_tf.export import convert, evaluate, metadata
 from mnv2_tf.pipeline import report, stages
 from mnv2_tf.tasks import segmentation as segmentation_task
-from tests.conftest import built_once
+from tests.conftest import built_once, read_only_tree, tree_digest
 from tests.test_train import needs_fmnist
 
 # MobileNetV2 0.35 with a 5-row table at 64 px, output stride 8: the last two rows are
@@ -44,10 +44,22 @@ def segmentation_run(tmp_path_factory):
         synthetic.generate(str(folder / "data"), train_images=64, test_images=12, size=64,
                            seed=7, log=lambda *_: None)  # fmt: skip
         config = tiny_segmentation_config(str(folder / "data" / "voc"))
-        runs = stages.run(config, str(folder / "run"))
-        report.write(runs, str(folder / "run"))
+        # The data as a user holds it: immutable while every stage reads it (train, export,
+        # LiteRT evaluation, examples), and checksummed before and after.
+        (folder / "data_digest.json").write_text(json.dumps(tree_digest(folder / "data")))
+        with read_only_tree(folder / "data") as immutable:
+            runs = stages.run(config, str(folder / "run"))
+            report.write(runs, str(folder / "run"))
+        (folder / "data_immutable").write_text(str(immutable))
 
     return built_once(tmp_path_factory, "segmentation_run", build) / "run"
+
+
+@needs_fmnist
+def test_every_stage_left_the_voc_data_as_it_was(segmentation_run):
+    folder = segmentation_run.parent
+    assert (folder / "data_immutable").read_text() == "True"  # chattr +i held while it ran
+    assert tree_digest(folder / "data") == json.loads((folder / "data_digest.json").read_text())
 
 
 @needs_fmnist

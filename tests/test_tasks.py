@@ -188,6 +188,7 @@ SHARED = [
     "mnv2_tf/export/evaluate.py",
     "mnv2_tf/export/convert.py",
     "mnv2_tf/export/qat.py",
+    "mnv2_tf/export/mediapipe_check.py",
     "mnv2_tf/pipeline/stages.py",
     "mnv2_tf/pipeline/report.py",
 ]
@@ -213,6 +214,60 @@ def test_no_module_outside_train_imports_from_the_trainer():
         if "from mnv2_tf.train.trainer import" in f.read_text()
     ]
     assert importers == []
+
+
+# What a task may import: models, data, its own machinery, the file I/O, config, errors and
+# the plain-data declarations of its outputs (never a stage: train/, export/, pipeline/).
+TASK_IMPORTS = ("models", "data", "detection", "segmentation", "fileio", "config", "errors",
+                "app_io", "tasks")  # fmt: skip
+
+
+def _mnv2_imports(path: pathlib.Path) -> set[str]:
+    """The mnv2_tf modules a file imports (`from mnv2_tf import x` counts as mnv2_tf.x)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("mnv2_tf.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnv2_tf"):
+            if node.module == "mnv2_tf":
+                found |= {f"mnv2_tf.{a.name}" for a in node.names}
+            else:
+                found.add(node.module)
+    return found
+
+
+def test_tasks_import_no_stage():
+    for path in sorted((ROOT / "mnv2_tf" / "tasks").glob("*.py")):
+        stray = {m for m in _mnv2_imports(path) if m.split(".")[1] not in TASK_IMPORTS}
+        assert not stray, f"{path.name} imports {sorted(stray)}"
+
+
+def test_no_task_name_comparison_outside_tasks():
+    """What differs by task is the task's: no stage, script or benchmark asks which it is."""
+    pattern = re.compile(r"""(task\.name|\.task)\s*[!=]=|[!=]=\s*(task\.name|config\.task)\b""")
+    files = [
+        *(ROOT / "mnv2_tf").rglob("*.py"),
+        *ROOT.glob("*.py"),
+        *(ROOT / "benchmarks").glob("*.py"),
+    ]
+    found = [
+        f"{f.relative_to(ROOT)}:{n}"
+        for f in files
+        if "tasks" not in f.relative_to(ROOT).parts
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []
+
+
+def test_one_flatbuffer_reader_and_one_labels_reader():
+    files = list((ROOT / "mnv2_tf").rglob("*.py"))
+    readers = [f.name for f in files if re.search(r"unpack_from|flatbuffers\.table", f.read_text())]
+    assert readers == ["flatbuffer.py"]
+    labels = [f.name for f in files if "def read_labels" in f.read_text()]
+    assert labels == ["sources.py"]
 
 
 def test_unknown_task_is_a_one_line_error():

@@ -6,8 +6,8 @@ rejects), so it gets a venv of its own (`ensure_venv`, built once and reused) wh
 `mediapipe_client.py` runs ImageClassifier, ObjectDetector or ImageSegmenter on image files,
 configured from each model's metadata alone. Here the same images go through LiteRT, fed as
 the metadata says (`evaluate.Runner`), and the task compares the two
-(`Task.mediapipe_agreement`: classification's top-1, detection's detections one to one,
-segmentation's category masks pixel for pixel); a task without a MediaPipe API is refused.
+(`Task.mediapipe_agreement`: each task knows what its API's outputs mean); a task without a
+MediaPipe API is refused in one line.
 
 The images are eval-split images at the model's input size, as whole RGB pixels in PNG files.
 """

@@ -106,6 +106,9 @@ class Task:
     # A segmenter's activation on its scores, as an app must apply it (`app_io.ACTIVATIONS`;
     # MediaPipe's ImageSegmenterOptions); empty for the other tasks.
     output_activation: str = ""
+    # `tfds.testing.mock_data`'s as_dataset_fn(builder, split, ..., count=N) for the dry run
+    # of a TFDS source whose random examples TFDS cannot make itself; None: TFDS' own.
+    tfds_mock_examples: Callable | None = None
     # The pipeline's report shows `examples_png` of the deployed model.
     draws_examples: bool = False
     # Columns of the export report and of the pipeline's summary table.

@@ -136,6 +136,7 @@ class Detection(base.Task):
     serving_batch = 1  # TFLite_Detection_PostProcess runs one image per call
     float_outputs = True  # boxes, classes, scores, count: the post-process op's float32
     mediapipe_api = "ObjectDetector"
+    tfds_mock_examples = staticmethod(detection_data.tfds_mock_examples)
     app_name = "object detector"
     draws_examples = True
     export_columns = (
