@@ -29,7 +29,22 @@ def machine() -> dict:
     }
 
 
+def commit() -> str:
+    """The checkout's commit ("+dirty" with uncommitted changes in tracked files)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def write_results(path: str, results: dict) -> None:
+    """`results` as JSON at `path` (atomically), stamped with the commit and the command
+    that measured it (every results file says what made it)."""
+    results.setdefault("commit", commit())
+    results.setdefault("command", " ".join(["python", *sys.argv]))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

@@ -13,7 +13,7 @@ anchors), focal loss with a 0.01 class prior, SGD with warm-up and cosine decay,
 Results: benchmarks/results/detection_fmnist.json.
 
 Levers measured side by side, eval mAP@.5 after 3 epochs of the 12-epoch schedule
-(benchmarks/detection_levers.py, results/detection_levers.json): no class prior 0.130
+(results/detection_levers.json; benchmarks/levers.py measures levers now): no class prior 0.130
 (from the first full run, stopped there), class prior 0.01 0.152, + matcher IoU 0.4
 0.205, + 6 anchors on the first map 0.202; 128 px (18 epochs) was at 0.002 after 2 epochs
 (0.080 at 160 px): fewer, coarser anchors. The default takes all three.

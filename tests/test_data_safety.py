@@ -221,7 +221,7 @@ def _segmentation_folder(voc: pathlib.Path, out: pathlib.Path) -> None:
 DENSE = {"model.input_size": 64, "model.blocks": ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2),
          (6, 64, 2, 2)), "train.batch_size": 16, "train.epochs": 1, "train.steps_per_loop": 2,
          "train.precise_bn_images": 32, "train.save_saved_model": False,
-         "data.max_train_examples": None, "data.max_eval_examples": None,
+         "data.max_train_examples": 10**6, "data.max_eval_examples": 10**6,
          "export.calibration_steps": 1, "export.eval_batch_size": 8}  # fmt: skip
 SOURCES = {
     # name: (config, data folder under the test's data/, overrides)

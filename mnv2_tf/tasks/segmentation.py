@@ -317,8 +317,9 @@ class Segmentation(base.Task):
         return "passed"
 
     def examples_png(self, batch: dict, outputs: dict, preprocessing: Preprocessing) -> bytes:
-        """Rows of image | ground truth | prediction (class colours over the image; the
-        truth's ignored pixels white)."""
+        """Rows of image | ground truth | prediction (class colours over the image, the same
+        for truth and prediction; the truth's ignored pixels white), and a colour key of the
+        classes shown in a column of its own."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -330,7 +331,14 @@ class Segmentation(base.Task):
         palette[255] = 255
         predicted = predicted_ids(outputs)
         count = len(batch["image"])
-        fig, axes = plt.subplots(count, 3, figsize=(7.5, 2.5 * count), squeeze=False)
+        present = sorted({int(c) for c in np.unique(predicted)} | {
+            int(c) for c in np.unique(np.asarray(batch["mask"])) if c != 255})  # fmt: skip
+        # Three picture columns and a key of its own beside them (never over the titles):
+        # truth and prediction are tinted with the same colour per class.
+        fig, axes = plt.subplots(
+            count, 4, figsize=(9.5, 2.5 * count), squeeze=False,
+            gridspec_kw={"width_ratios": [1, 1, 1, 0.75]},
+        )  # fmt: skip
         for i in range(count):
             pixels = np.clip(batch["image"][i] * preprocessing.std + preprocessing.mean, 0, 255)
             truth = np.asarray(batch["mask"][i]).astype(np.int64)
@@ -349,18 +357,20 @@ class Segmentation(base.Task):
                 ax.imshow(shown.astype(np.uint8))
                 if i == 0:
                     ax.set_title(title, fontsize=9)
-        present = sorted({int(c) for c in np.unique(predicted)} | {
-            int(c) for c in np.unique(np.asarray(batch["mask"])) if c != 255})  # fmt: skip
+            axes[i, 3].axis("off")
         from matplotlib.patches import Patch
 
-        handles = [
+        handles = [Patch(fc="none", ec="grey", label=f"{self.class_names[0]} (no tint)")]
+        handles += [
             Patch(color=palette[c] / 255, label=self.class_names[c])
             for c in present if 0 < c < len(self.class_names)
         ]  # fmt: skip
-        handles.append(Patch(color="white", ec="grey", label="ignored (truth)"))
-        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
-        legend_inches = 0.2 * -(-len(handles) // 4) + 0.1
-        fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+        handles.append(Patch(fc="white", ec="grey", label="ignored (truth only)"))
+        axes[0, 3].legend(
+            handles=handles, loc="upper left", fontsize=8, frameon=False, title="key",
+            title_fontsize=9, handlelength=1.2, borderaxespad=0,
+        )  # fmt: skip
+        fig.tight_layout()
         return fileio.png_bytes(fig, dpi=90)
 
     def finetune(self):
