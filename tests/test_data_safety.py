@@ -215,7 +215,8 @@ def _segmentation_folder(voc: pathlib.Path, out: pathlib.Path) -> None:
         for name in (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split():
             shutil.copy(voc / "JPEGImages" / f"{name}.jpg", out / split / "images")
             shutil.copy(voc / "SegmentationClass" / f"{name}.png", out / split / "masks")
-    shutil.copy(voc / "labels.txt", out / "labels.txt")
+    # A folder's labels.txt lists every class id, background (0) included.
+    (out / "labels.txt").write_text("background\n" + (voc / "labels.txt").read_text())
 
 
 DENSE = {"model.input_size": 64, "model.blocks": ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2),
