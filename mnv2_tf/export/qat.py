@@ -14,7 +14,6 @@ import math
 import time
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from mnv2_tf.errors import UserError
@@ -23,6 +22,10 @@ from mnv2_tf.export.run import Run
 
 def quantize(model: tf_keras.Model) -> tf_keras.Model:
     """The QAT version of `model` (weights copied), or a one-line error naming the layer."""
+    # Imported here: tfmot takes a second to import (it loads Keras 3 too), and every export
+    # without QAT, every pipeline.py and export_tflite.py start, would pay it.
+    import tensorflow_model_optimization as tfmot
+
     try:
         return tfmot.quantization.keras.quantize_model(model)
     except (ValueError, RuntimeError, TypeError) as e:

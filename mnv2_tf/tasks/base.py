@@ -26,6 +26,7 @@ classes; `mnv2_tf.tasks.TASKS` maps `config.task` to it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -77,6 +78,23 @@ class Comparison:
 
     def summary(self) -> dict:
         raise NotImplementedError
+
+
+_PROBED: dict[str, object] = {}
+
+
+def probed(config, section: str, num_classes: int, compute: Callable[[], object]):
+    """What a task reads off a probe of its network (feature map sizes, head layer names):
+    `compute()` once per process for the same model settings (`config.model`, the task's
+    `section`, the classes), since every stage builds the task again and each probe is a
+    whole Keras model (2 s for a tiny detector). `compute` must return plain data."""
+    key = json.dumps(
+        [config.model.to_dict(), config[section].to_dict(), num_classes], sort_keys=True,
+        default=str,
+    )  # fmt: skip
+    if key not in _PROBED:
+        _PROBED[key] = compute()
+    return _PROBED[key]
 
 
 class Task:

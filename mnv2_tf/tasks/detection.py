@@ -158,14 +158,18 @@ class Detection(base.Task):
         det = config.detection
         self.loss_name = det.loss
         self.class_outputs = loss_lib.class_outputs(det.loss, num_classes)
-        probe = self._build(None)
+
+        def probe():
+            model = self._build(None)
+            heads = sorted(layer.name for layer in model.layers if not _is_backbone(layer.name))
+            return ssdlite.feature_sizes(model), heads
+
+        sizes, heads = base.probed(config, "detection", num_classes, probe)
         self.anchors = box_lib.ssd_anchors(
-            ssdlite.feature_sizes(probe), det.min_scale, det.max_scale,
+            sizes, det.min_scale, det.max_scale,
             reduce_boxes_in_lowest_layer=det.reduce_boxes_in_lowest_layer,
         )  # fmt: skip
-        self.head_layers = frozenset(
-            layer.name for layer in probe.layers if not _is_backbone(layer.name)
-        )
+        self.head_layers = frozenset(heads)
         self.settings = postprocess.Settings(
             max_detections=det.max_detections,
             score_threshold=det.score_threshold,
@@ -173,6 +177,7 @@ class Detection(base.Task):
             label_offset=0 if det.loss == "focal" else 1,
         )
         self.post_process = postprocess.PostProcess(self.anchors, self.settings, self.class_outputs)
+        self._reference = None  # `postprocess`'s traced function
 
     # --- model ---------------------------------------------------------------------------
 
@@ -241,7 +246,13 @@ class Detection(base.Task):
         return tf.sigmoid(logits) if self.loss_name == "focal" else tf.nn.softmax(logits)
 
     def postprocess(self, codes, scores) -> dict[str, np.ndarray]:
-        values = postprocess.reference(codes, scores, self.anchors, self.settings)
+        if self._reference is None:  # traced once per batch shape: eager NMS is ~10x slower
+            anchors, settings = tf.constant(self.anchors, tf.float32), self.settings
+            self._reference = tf.function(
+                lambda c, s: postprocess.reference(c, s, anchors, settings),
+                reduce_retracing=True,
+            )
+        values = self._reference(tf.cast(codes, tf.float32), tf.cast(scores, tf.float32))
         return {k: np.asarray(v) for k, v in zip(postprocess.OUTPUT_NAMES, values, strict=True)}
 
     # --- export --------------------------------------------------------------------------

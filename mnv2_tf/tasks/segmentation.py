@@ -164,10 +164,13 @@ class Segmentation(base.Task):
 
     def __init__(self, config, num_classes: int, class_names: list[str] | None = None):
         super().__init__(config, num_classes, class_names)
-        probe = self.build_model()
-        self.head_layers = frozenset(
-            layer.name for layer in probe.layers if deeplab.is_head(layer.name)
-        )
+
+        def probe():
+            return sorted(
+                layer.name for layer in self.build_model().layers if deeplab.is_head(layer.name)
+            )
+
+        self.head_layers = frozenset(base.probed(config, "segmentation", num_classes, probe))
         self.size = config.model.input_size
 
     # --- model ---------------------------------------------------------------------------
