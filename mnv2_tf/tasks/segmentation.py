@@ -320,9 +320,9 @@ class Segmentation(base.Task):
         return "passed"
 
     def examples_png(self, batch: dict, outputs: dict, preprocessing: Preprocessing) -> bytes:
-        """Rows of image | ground truth | prediction (class colours over the image, the same
-        for truth and prediction; the truth's ignored pixels white), and a colour key of the
-        classes shown in a column of its own."""
+        """Rows of image | ground truth | prediction (each class in one colour, the same in
+        truth and prediction, over the faded image; the truth's ignored pixels white), and a
+        swatch key of the classes shown in a column of its own."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -353,17 +353,17 @@ class Segmentation(base.Task):
                 ax.axis("off")
                 shown = pixels
                 if ids is not None:
-                    colour = palette[ids]
-                    alpha = np.where(ids == 0, 0.0, 0.6)[..., None]
-                    alpha[ids == 255] = 0.9
-                    shown = pixels * (1 - alpha) + colour * alpha
+                    # Each class in its key colour exactly (truth and prediction alike), over
+                    # the image faded to white so that the classes stand out.
+                    faded = pixels * 0.45 + 255 * 0.55
+                    shown = np.where((ids == 0)[..., None], faded, palette[ids])
                 ax.imshow(shown.astype(np.uint8))
                 if i == 0:
                     ax.set_title(title, fontsize=9)
             axes[i, 3].axis("off")
         from matplotlib.patches import Patch
 
-        handles = [Patch(fc="none", ec="grey", label=f"{self.class_names[0]} (no tint)")]
+        handles = [Patch(fc="none", ec="grey", label=f"{self.class_names[0]} (faded image)")]
         handles += [
             Patch(color=palette[c] / 255, label=self.class_names[c])
             for c in present if 0 < c < len(self.class_names)
