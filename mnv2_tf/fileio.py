@@ -23,6 +23,8 @@ import warnings
 
 import tensorflow as tf
 
+from mnv2_tf.errors import UserError
+
 
 def _tmp_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
@@ -226,8 +228,6 @@ def workdir_lock(workdir: str, what: str):
         age = time.time() - mtime(path) if exists(path) else 0.0
         if not _stale(other, age):
             since = datetime.datetime.fromtimestamp(float((other or {}).get("started", 0)))
-            from mnv2_tf.errors import UserError
-
             raise UserError(
                 f"workdir {workdir} is in use by {(other or {}).get('what', 'another run')} "
                 f"(pid {(other or {}).get('pid', '?')} on {(other or {}).get('host', '?')}, "
@@ -236,8 +236,6 @@ def workdir_lock(workdir: str, what: str):
             )
         tf.io.gfile.remove(path)  # left by a run that is gone
     else:
-        from mnv2_tf.errors import UserError
-
         raise UserError(f"could not take the lock {path}: another run took it first; try again")
 
     stop = threading.Event()

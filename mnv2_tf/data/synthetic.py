@@ -37,6 +37,7 @@ from PIL import Image, ImageFilter
 
 from mnv2_tf import fileio
 from mnv2_tf.data import sources
+from mnv2_tf.errors import UserError
 
 SPLITS = {"train": "train", "test": "test"}
 MIN_VISIBLE = 0.3  # an item keeps its label with at least this share of its pixels visible
@@ -185,8 +186,6 @@ def generate(
     log=print,
 ) -> dict:
     """Writes both splits under `out` (see the module docstring); returns a summary."""
-    from mnv2_tf.errors import UserError
-
     directory = idx_dir or sources.FASHION_MNIST_DIR
     if not os.path.isdir(directory):
         raise UserError(
@@ -285,8 +284,6 @@ def _marker(out: str) -> str | None:
 def check_writable(out: str) -> None:
     """Stops unless `out` is missing, empty, or a folder this generator wrote (its marker):
     the composites never go over or beside anyone's files."""
-    from mnv2_tf.errors import UserError
-
     if not fileio.exists(out):
         return
     if not fileio.isdir(out):
@@ -316,8 +313,6 @@ def resolve(data_cfg, log=print):
     offline default (`data.synthetic=True` and no `data.data_dir`), the composites' coco/ or
     voc/ folder under `DEFAULT_DIR`, written there on first use. A `data_dir` the user set is
     their data: it is read as it is, never written to, whatever `data.synthetic` says."""
-    from mnv2_tf.errors import UserError
-
     data_dir = data_cfg.get("data_dir")
     if data_cfg.get("synthetic") and not data_dir:
         if data_cfg.source not in LAYOUTS:
