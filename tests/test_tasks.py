@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras
 
 from mnv2_tf import tasks
+from mnv2_tf.errors import UserError
 from mnv2_tf.export import convert
 from mnv2_tf.pipeline import report, stages
 from mnv2_tf.tasks import base
@@ -179,6 +180,13 @@ def test_a_second_task_trains_exports_and_self_checks_through_the_seam(tmp_path,
     row = json.loads((workdir / "report.json").read_text())["rows"][0]
     assert row["task"] == PixelTask.name and row["headline"] == row["pixel_agreement"]
     assert runs[0]["benchmark"] and all(b["median_us"] > 0 for b in runs[0]["benchmark"])
+    # No MediaPipe Tasks API for this task: the MediaPipe check says so in one line.
+    from mnv2_tf.export import mediapipe_check
+
+    with pytest.raises(
+        UserError, match=r"^the test_pixels task has no MediaPipe Tasks API: there is no client"
+    ):
+        mediapipe_check.check(str(workdir), python="not run")
 
 
 # The stages that every task shares name none: what differs lives in mnv2_tf/tasks/.

@@ -115,12 +115,13 @@ def check(
 ) -> dict:
     """Runs the exported `files` of a workdir in MediaPipe Tasks and in LiteRT on the same
     eval images; returns the comparison of each file (`passed` says it agrees)."""
-    run = run_lib.load(workdir, "final")
-    if not run.task.mediapipe_api:
+    task = run_lib.read(workdir).task  # refused before the weights load
+    if not task.mediapipe_api:
         raise UserError(
-            f"the {run.task.name} task has no MediaPipe Tasks API: there is no client to check "
+            f"the {task.name} task has no MediaPipe Tasks API: there is no client to check "
             "its models with"
         )
+    run = run_lib.load(workdir, "final")
     export_dir = export_dir or os.path.join(workdir, "export")
     python = python or ensure_venv(log=log)
     paths = {f: os.path.join(export_dir, f) for f in files}
