@@ -40,10 +40,21 @@ def commit() -> str:
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+_STARTED_AT: str | None = None
+
+
+def started_at() -> str:
+    """The commit this benchmark started at (read once, when first asked: at import)."""
+    global _STARTED_AT
+    if _STARTED_AT is None:
+        _STARTED_AT = commit()
+    return _STARTED_AT
+
+
 def write_results(path: str, results: dict) -> None:
-    """`results` as JSON at `path` (atomically), stamped with the commit and the command
-    that measured it (every results file says what made it)."""
-    results.setdefault("commit", commit())
+    """`results` as JSON at `path` (atomically), stamped with the commit the benchmark
+    started at and the command that measured it (every results file says what made it)."""
+    results.setdefault("commit", started_at())
     results.setdefault("command", " ".join(["python", *sys.argv]))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
@@ -161,3 +172,6 @@ def desktop_latency(report: dict) -> dict:
         for r in run["benchmark"]
         if r.get("target", "desktop") == "desktop"
     }
+
+
+started_at()  # the commit when the script starts, not when it writes
