@@ -130,3 +130,19 @@ def read_only_tree(root):
     assert after == before, f"files under {root} changed: " + ", ".join(
         sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))[:5]
     )
+
+
+# --- the longest files first ------------------------------------------------------------------
+# pytest-xdist (--dist loadfile) hands files to the two workers in collection order; the files
+# that build trained fixtures go first, so that no long file starts last while the other
+# worker has nothing left to do.
+FIRST = ("test_detection_task.py", "test_export.py", "test_segmentation_task.py",
+         "test_pipeline.py", "test_tasks.py", "test_train.py", "test_bench.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
