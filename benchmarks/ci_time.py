@@ -51,13 +51,16 @@ def main(argv):
     )  # fmt: skip
     wall = time.time() - start
     lines = (done.stdout + "\n" + done.stderr).splitlines()
+    log = _OUT.value[: -len(".json")] + ".log"
+    with open(log, "w") as f:  # the whole output, for a failure's details
+        f.write(done.stdout + "\n--- stderr ---\n" + done.stderr)
     results = {
         "commit": common.commit(),
         "exit_code": done.returncode,
         "wall_seconds": round(wall, 1),
         "runs": parse(lines),
         "machine": common.machine(),
-        "tail": lines[-5:] if done.returncode else [],
+        "failed": [line for line in done.stdout.splitlines() if line.startswith("FAILED")],
     }
     for run in results["runs"]:
         print(f"{run['python']} {run['suite']}: {run['result']} in {run['minutes']}")

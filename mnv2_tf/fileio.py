@@ -77,6 +77,12 @@ def mtime(path: str) -> float:
     return tf.io.gfile.stat(path).mtime_nsec / 1e9
 
 
+def readable(path: str):
+    """What PIL and ElementTree can open: a local path as it is, anything else (gs://,
+    another TensorFlow file system) as its bytes."""
+    return path if "://" not in path else io.BytesIO(read_bytes(path))
+
+
 def isdir(path: str) -> bool:
     return tf.io.gfile.isdir(path)
 

@@ -126,6 +126,39 @@ def test_labels_files_are_read_through_fileio():
     assert detection.voc_class_names(folder) == ["cat", "dog"]
 
 
+def _copy_to(folder: pathlib.Path, target: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        out = f"{target}/{path.relative_to(folder).as_posix()}"
+        if path.is_dir():
+            tf.io.gfile.makedirs(out)
+        else:
+            fileio.write_bytes_atomic(out, path.read_bytes())
+
+
+@needs_fmnist
+def test_the_folder_readers_read_through_fileio(tmp_path):
+    """VOC boxes, VOC masks, a masks folder and a classification image folder, read from a
+    file system os.path cannot see (TensorFlow's in-memory one, as a bucket would be)."""
+    from mnv2_tf.data import segmentation
+
+    synthetic.generate(str(tmp_path / "c"), train_images=4, test_images=2, size=48, seed=6,
+                       log=lambda *_: None)  # fmt: skip
+    _copy_to(tmp_path / "c" / "voc", "ram://readers/voc")
+    boxes = detection.load(_data_cfg(source="voc", data_dir="ram://readers/voc"), "train")
+    assert boxes.num_examples == 4 and boxes.class_names == list(sources.FASHION_MNIST_CLASSES)
+    masks = segmentation.load(_data_cfg(source="voc", data_dir="ram://readers/voc"), "test")
+    assert masks.num_examples == 2 and masks.class_names[0] == "background"
+    folder = tmp_path / "m"
+    _segmentation_folder(tmp_path / "c" / "voc", folder)
+    _copy_to(folder, "ram://readers/masks")
+    cfg = _data_cfg(source="folder", data_dir="ram://readers/masks", eval_split="test")
+    assert segmentation.load(cfg, "train").num_examples == 4
+    _fmnist_images(tmp_path / "f", "train", 12)
+    _copy_to(tmp_path / "f", "ram://readers/photos")
+    photos = sources.load(_data_cfg(source="folder", data_dir="ram://readers/photos"), "train")
+    assert photos.num_examples == 12 and len(next(iter(photos.dataset))["image"].numpy()) > 0
+
+
 # --- one writer per workdir -----------------------------------------------------------------
 
 

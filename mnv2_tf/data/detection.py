@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from mnv2_tf import fileio
 from mnv2_tf.data import sources, synthetic
 from mnv2_tf.errors import UserError
 
@@ -165,7 +166,7 @@ def load_coco(data_cfg, split: str) -> sources.Source:
 
 def _parse_voc_xml(path: str):
     try:
-        root = ET.parse(path).getroot()
+        root = ET.parse(fileio.readable(path)).getroot()
         size = root.find("size")
         width = float(size.find("width").text)
         height = float(size.find("height").text)
@@ -184,13 +185,13 @@ def _parse_voc_xml(path: str):
 
 def voc_split_names(root: str, split: str, kind: str = "Main") -> list[str]:
     listing = os.path.join(root, "ImageSets", kind, f"{split}.txt")
-    if not os.path.exists(listing):
+    if not fileio.exists(listing):
         raise UserError(
             f"{listing} not found; data.data_dir must be a VOC year folder (VOCdevkit/VOC2012) "
             f"holding ImageSets/{kind}/<split>.txt"
         )
-    with open(listing, encoding="utf-8") as f:
-        return [line.split()[0] for line in f if line.strip()]
+    lines = fileio.read_bytes(listing).decode("utf-8").splitlines()
+    return [line.split()[0] for line in lines if line.strip()]
 
 
 def voc_class_names(root: str) -> list[str]:
@@ -202,11 +203,11 @@ def voc_class_names(root: str) -> list[str]:
         return listed
     found = set()
     folder = os.path.join(root, "Annotations")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+    for name in sorted(fileio.listdir(folder)) if fileio.isdir(folder) else ():
         if name.endswith(".xml"):
             try:
                 found |= {o.findtext("name", "").strip() for o in ET.parse(
-                    os.path.join(folder, name)).getroot().iter("object")}  # fmt: skip
+                    fileio.readable(os.path.join(folder, name))).getroot().iter("object")}  # fmt: skip
             except ET.ParseError:
                 continue  # reported when its split is read
     return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
@@ -222,8 +223,8 @@ def load_voc(data_cfg, split: str) -> sources.Source:
     for name in names:
         image = os.path.join(root, "JPEGImages", name + ".jpg")
         xml = os.path.join(root, "Annotations", name + ".xml")
-        if not os.path.exists(image) or not os.path.exists(xml):
-            missing.append(image if not os.path.exists(image) else xml)
+        if not fileio.exists(image) or not fileio.exists(xml):
+            missing.append(image if not fileio.exists(image) else xml)
             continue
         parsed.append((image, *_parse_voc_xml(xml)))
     class_names = list(data_cfg.get("class_names") or ()) or voc_class_names(root)

@@ -39,6 +39,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
+from mnv2_tf import fileio
 from mnv2_tf.data import detection, sources, synthetic
 from mnv2_tf.errors import UserError
 
@@ -63,7 +64,7 @@ class _Checked:
 def read_mask(path: str) -> np.ndarray:
     """A mask file's class ids (uint8 [H, W]): palette indices, grayscale values, or the
     one channel of an RGB mask whose channels are equal."""
-    with Image.open(path) as image:
+    with Image.open(fileio.readable(path)) as image:
         mode = image.mode
         pixels = np.asarray(image)
     if mode in ("P", "L"):
@@ -89,12 +90,12 @@ def _png(mask: np.ndarray) -> bytes:
 
 
 def _check_pair(image: str, mask: str) -> _Checked:
-    if not os.path.exists(image):
+    if not fileio.exists(image):
         return _Checked(image, None, problem=f"{image} missing")
-    if not os.path.exists(mask):
+    if not fileio.exists(mask):
         return _Checked(image, None, problem=f"{mask} missing")
     try:
-        with Image.open(image) as im:
+        with Image.open(fileio.readable(image)) as im:
             size = im.size
     except (UnidentifiedImageError, OSError):
         return _Checked(image, None, problem=f"{image} unreadable")
@@ -180,14 +181,15 @@ def load_voc(data_cfg, split: str) -> sources.Source:
 def _folder_pairs(root: str, split: str) -> list[tuple[str, str]]:
     images = os.path.join(root, split, "images")
     masks = os.path.join(root, split, "masks")
-    if not os.path.isdir(images) or not os.path.isdir(masks):
+    if not fileio.isdir(images) or not fileio.isdir(masks):
         raise UserError(
             f"{root}/{split} must hold images/ and masks/ (a mask per image, same name, .png); "
             "set data.data_dir to their parent's parent and data.train_split/eval_split"
         )
     pairs = []
-    mask_stems = {os.path.splitext(n)[0] for n in os.listdir(masks) if n.lower().endswith(".png")}
-    for name in sorted(os.listdir(images)):
+    mask_names = fileio.listdir(masks)
+    mask_stems = {os.path.splitext(n)[0] for n in mask_names if n.lower().endswith(".png")}
+    for name in sorted(fileio.listdir(images)):
         stem, ext = os.path.splitext(name)
         if ext.lower() in sources.IMAGE_EXTENSIONS:
             pairs.append((os.path.join(images, name), os.path.join(masks, stem + ".png")))

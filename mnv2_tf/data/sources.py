@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import pathlib
 import struct
 
 import numpy as np
@@ -168,23 +167,30 @@ def _load_idx(data_cfg, split: str) -> Source:
 
 
 def _list_folder(root: str, split: str, class_names: list[str] | None):
-    split_dir = pathlib.Path(root) / split
-    if not split_dir.is_dir():
+    split_dir = os.path.join(root, split)
+    if not fileio.isdir(split_dir):
         raise UserError(
             f"image folder {split_dir} not found; expected {root}/<split>/<class>/*.jpg "
             "(set data.data_dir to the root and data.train_split/eval_split to its sub-folders)"
         )
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    found = sorted(
+        n.rstrip("/") for n in fileio.listdir(split_dir)
+        if fileio.isdir(os.path.join(split_dir, n.rstrip("/")))
+    )  # fmt: skip
     class_names = class_names or found
     paths, labels = [], []
     for label, name in enumerate(class_names):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
+        class_dir = os.path.join(split_dir, name)
+        if not fileio.isdir(class_dir):
             continue
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                paths.append(str(path))
-                labels.append(label)
+        found_here = [
+            os.path.join(folder, f)
+            for folder, _, files in tf.io.gfile.walk(class_dir)
+            for f in files
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        ]
+        paths += sorted(found_here)
+        labels += [label] * len(found_here)
     if not paths:
         raise UserError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/; "

@@ -4,8 +4,6 @@ before paying for the real run."""
 
 from __future__ import annotations
 
-import functools
-
 import ml_collections
 
 from mnv2_tf import tasks
@@ -33,6 +31,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
     # A task whose TFDS sets TFDS' own random examples break on serves its own (detection).
     mock = tasks.task_class(config.task).tfds_mock_examples
-    as_dataset = functools.partial(mock, count=DRY_RUN_EXAMPLES) if mock else None
+    as_dataset = None
+    if mock:
+        # A plain function, not a functools.partial: TFDS binds it to the builder as a method.
+        def as_dataset(builder, split, decoders=None, **kwargs):
+            return mock(builder, split, decoders, count=DRY_RUN_EXAMPLES, **kwargs)
+
     with tfds.testing.mock_data(num_examples=DRY_RUN_EXAMPLES, as_dataset_fn=as_dataset):
         return trainer.train(config, workdir)
