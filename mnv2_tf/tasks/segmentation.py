@@ -336,8 +336,7 @@ class Segmentation(base.Task):
         count = len(batch["image"])
         present = sorted({int(c) for c in np.unique(predicted)} | {
             int(c) for c in np.unique(np.asarray(batch["mask"])) if c != 255})  # fmt: skip
-        # Three picture columns and a key of its own beside them (never over the titles):
-        # truth and prediction are tinted with the same colour per class.
+        # Three picture columns and a key of its own beside them (never over the titles).
         fig, axes = plt.subplots(
             count, 4, figsize=(9.5, 2.5 * count), squeeze=False,
             gridspec_kw={"width_ratios": [1, 1, 1, 0.75]},
@@ -345,6 +344,7 @@ class Segmentation(base.Task):
         for i in range(count):
             pixels = np.clip(batch["image"][i] * preprocessing.std + preprocessing.mean, 0, 255)
             truth = np.asarray(batch["mask"][i]).astype(np.int64)
+            faded = pixels * 0.45 + 255 * 0.55  # the background, so that the classes stand out
             for ax, ids, title in (
                 (axes[i, 0], None, "image"),
                 (axes[i, 1], truth, "ground truth"),
@@ -353,9 +353,7 @@ class Segmentation(base.Task):
                 ax.axis("off")
                 shown = pixels
                 if ids is not None:
-                    # Each class in its key colour exactly (truth and prediction alike), over
-                    # the image faded to white so that the classes stand out.
-                    faded = pixels * 0.45 + 255 * 0.55
+                    # Each class in its key colour exactly, truth and prediction alike.
                     shown = np.where((ids == 0)[..., None], faded, palette[ids])
                 ax.imshow(shown.astype(np.uint8))
                 if i == 0:
