@@ -2,9 +2,9 @@
 
 The settings of every stage are the config's (`export`, `bench` sections). Each stage writes
 its outputs into the run's workdir (held by this job alone: `fileio.workdir_lock`) and is
-skipped when they are already there and complete, so re-running the same command after an interruption only redoes what was lost: an
-interrupted training resumes from its checkpoint (the trainer's own resume), a finished
-export or benchmark is read back.
+skipped when they are already there and complete, so re-running the same command after an
+interruption only redoes what was lost: an interrupted training resumes from its checkpoint
+(the trainer's own resume), a finished export or benchmark is read back.
 """
 
 from __future__ import annotations
