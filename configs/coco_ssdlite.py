@@ -17,7 +17,6 @@ test-dev.
 """
 
 from mnv2_tf.config import base_config
-from mnv2_tf.models import weights
 
 
 def get_config(variant: str = ""):
@@ -28,7 +27,7 @@ def get_config(variant: str = ""):
     config.model.input_size = 320
     config.model.crop_fraction = 1.0
     config.model.bn_momentum = 0.9997
-    config.model.init_from = weights.imagenet_weights_url(1.0, 224, include_top=False)
+    config.model.init_from = "imagenet"  # Keras' no-top file of model.alpha, downloaded once
 
     config.data.source = "tfds"
     config.data.name = "coco/2017"

@@ -28,6 +28,8 @@ def get_config(variant: str = ""):
     config.model.alpha = 0.35
     config.model.input_size = 160
     config.model.crop_fraction = 1.0  # detection sees the whole image
+    # The paper's way: from a classifier (from scratch: --config.model.init_from=None).
+    config.model.init_from = "backbone:fmnist"
 
     config.data.source = "coco"
     config.data.synthetic = True  # the offline default, used while data.data_dir is unset
@@ -57,6 +59,7 @@ def get_config(variant: str = ""):
     config.export.qat_learning_rate = 2e-3
     config.export.eval_batch_size = 50
     if variant == "quick":
+        config.model.init_from = None  # from scratch: minutes from a clean cache
         config.train.epochs = 2
         config.data.max_train_examples = 2000
         config.data.max_eval_examples = 200

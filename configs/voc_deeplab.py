@@ -18,7 +18,6 @@ when you add them): 45 epochs; on VOC's own 1,464 `train` images set more epochs
 """
 
 from mnv2_tf.config import base_config
-from mnv2_tf.models import weights
 
 
 def get_config(variant: str = ""):
@@ -30,7 +29,7 @@ def get_config(variant: str = ""):
     config.model.output_stride = 16
     config.model.crop_fraction = 1.0
     config.model.bn_momentum = 0.9997
-    config.model.init_from = weights.imagenet_weights_url(1.0, 224, include_top=False)
+    config.model.init_from = "imagenet"  # Keras' no-top file of model.alpha, downloaded once
 
     config.data.source = "voc"
     config.data.data_dir = "/content/drive/MyDrive/VOCdevkit/VOC2012"

@@ -61,9 +61,15 @@ def base_config() -> ml_collections.ConfigDict:
     # tests of the training machinery: --config.model.blocks="((1,16,1,1),(6,24,2,2))".
     config.model.blocks = ()
     config.model.crop_fraction = Preprocessing.crop_fraction
-    # Keras ImageNet .h5 (path or URL) or another run's workdir; the head is replaced when
-    # the number of classes differs.
+    # Where training starts (mnv2_tf/models/weights.py says what transfers): a Keras .h5
+    # (ImageNet's, a path or a URL: downloaded once into ~/.cache/mnv2_tf/downloads),
+    # another run's workdir, or a named backbone "backbone:fmnist" (mnv2_tf/backbones.py:
+    # trained once into ~/.cache/mnv2_tf/backbones). The head starts new unless the file
+    # holds it in the same shapes.
     config.model.init_from = config_dict.placeholder(str)
+    # A folder (local or gs://) holding weight files under their URL's names, looked in
+    # before the network: for a bucket that has vanished, or a machine without one.
+    config.model.weights_mirror = config_dict.placeholder(str)
 
     config.data = ml_collections.ConfigDict()
     # Classification: "idx" | "folder" | "tfds"; detection: "coco" | "voc" | "tfds";
@@ -80,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.max_eval_examples = config_dict.placeholder(int)
     config.data.cache = True  # keep the (encoded) source in memory after the first epoch
     config.data.shuffle_buffer = 50_000
-    config.data.augment = "auto"  # "inception" | "small" | "auto" (small for <= 64 px sources)
+    # "inception" | "small" | "paste" (gray items over random scenes) | "auto" (small for <= 64 px)
+    config.data.augment = "auto"
     config.data.crop_scale = (0.08, 1.0)
     config.data.small_pad = 4
     config.data.random_erasing = 0.0
@@ -143,7 +150,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 4e-5  # L2 on conv/dense kernels, not depthwise (paper)
     config.train.label_smoothing = 0.1
     config.train.ema_decay = 0.9999  # 0 disables; eval and export use the EMA weights
-    config.train.freeze_backbone_epochs = 0  # fine-tuning: train only the head first
+    # Fine-tuning from model.init_from: train only the head for the first epochs; then the
+    # backbone at this multiple of the learning rate (SGD only: adaptive optimizers undo a
+    # gradient's scale); freeze_bn keeps the backbone's BatchNorm layers as pretrained
+    # (statistics and scale/offset: inference mode, as detectors trained on small batches).
+    config.train.freeze_backbone_epochs = 0
+    config.train.backbone_lr_multiplier = 1.0
+    config.train.freeze_bn = False
     config.train.checkpoint_every_steps = 0  # 0: at the end of each epoch only
     config.train.keep_checkpoints = 3
     config.train.steps_per_loop = 50  # steps per tf.function call (fewer Python round trips)
@@ -206,7 +219,7 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
 
 
 # Sections the trainer adds to config.json beside the config's own: facts of the run.
-RUN_FACTS = ("preprocessing", "dataset", "runtime")
+RUN_FACTS = ("preprocessing", "dataset", "runtime", "init")
 
 
 def load_saved(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:

@@ -5,6 +5,10 @@ Training (paper Section 6.1 trains with Inception preprocessing):
     crop through `tf.image.decode_and_crop_jpeg`), horizontal flip.
   - "small": for 28-32 px sources (Fashion-MNIST, CIFAR): resize to the model's input size,
     zero-pad, random crop back, flip, optional random erasing (Zhong et al. 2017).
+  - "paste": for grayscale items on black (Fashion-MNIST, MNIST), pretraining a backbone for
+    scenes: the item's pixels as its opacity, tinted one random colour, at a random scale
+    and place over a random colour gradient with noise (as the detection and segmentation
+    composites draw their items), flip. Evaluation: the plain resize, as "small".
 Evaluation: a central square crop holding `crop_fraction` of the shorter side, resized
 ("inception"), or a plain resize ("small"). Grayscale becomes RGB. Pixels map to [-1, 1]
 by the model's own `Preprocessing` constants.
@@ -116,6 +120,33 @@ def pad_and_random_crop(image: tf.Tensor, size: int, pad: int) -> tf.Tensor:
     return tf.image.random_crop(padded, [size, size, 3])
 
 
+def paste_on_background(
+    image: tf.Tensor, encoded: bool, size: int, scale: tuple[float, float] = (0.5, 1.0)
+) -> tf.Tensor:
+    """A size x size float (0-255) scene: the grayscale item `image` (its intensity is its
+    opacity) resized to a random `scale` of the side, tinted one random colour and placed
+    at a random position over a two-colour gradient with Gaussian noise. A colour too close
+    to the background's mean is inverted, so the item stays visible."""
+    gray = tf.cast(decode(image, encoded)[..., :1], tf.float32)
+    side = tf.cast(tf.round(tf.random.uniform([], scale[0], scale[1]) * size), tf.int32)
+    alpha = tf.image.resize(gray, [side, side]) / 255.0
+    top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    left = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    alpha = tf.pad(alpha, [[top, size - side - top], [left, size - side - left], [0, 0]])
+    alpha = tf.clip_by_value(tf.ensure_shape(alpha, [size, size, 1]), 0.0, 1.0)
+    c0 = tf.random.uniform([3], 0, 255)
+    c1 = tf.random.uniform([3], 0, 255)
+    angle = tf.random.uniform([], 0, 6.283185)
+    ramp = tf.range(size, dtype=tf.float32) / size
+    t = (tf.cos(angle) * ramp[None, :] + tf.sin(angle) * ramp[:, None] + 1.5) / 3.0
+    background = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    background += tf.random.normal([size, size, 3], stddev=6.0)
+    colour = tf.random.uniform([3], 0, 255)
+    close = tf.reduce_mean(tf.abs(colour - tf.reduce_mean(background, [0, 1]))) < 60
+    colour = tf.where(close, 255.0 - colour, colour)
+    return tf.clip_by_value(background * (1 - alpha) + colour * alpha, 0.0, 255.0)
+
+
 def random_erasing(
     image: tf.Tensor,
     probability: float,
@@ -155,8 +186,8 @@ def make_fn(
     fields (an image-level label) pass through unchanged."""
     size = preprocessing.input_size
     method = preprocessing.resize_method
-    if augment not in ("inception", "small"):
-        raise ValueError(f"augment must be 'inception' or 'small', got {augment!r}")
+    if augment not in ("inception", "small", "paste"):
+        raise ValueError(f"augment must be 'inception', 'small' or 'paste', got {augment!r}")
 
     def fn(example: dict) -> dict:
         image = example["image"]
@@ -165,9 +196,11 @@ def make_fn(
                 image = random_resized_crop(image, encoded, size, crop_scale, method=method)
             else:
                 image = center_crop(image, encoded, size, preprocessing.crop_fraction, method)
+        elif augment == "paste" and training:
+            image = paste_on_background(image, encoded, size)
         else:
             image = resize(image, encoded, size, method)
-            if training:
+            if training and augment == "small":
                 image = pad_and_random_crop(image, size, small_pad)
         if training and flip:
             image = tf.image.random_flip_left_right(image)

@@ -18,7 +18,14 @@ from mnv2_tf.models.mobilenet_v2 import (
     feature_extractor,
     mobilenet_v2,
 )
-from mnv2_tf.models.weights import LoadReport, imagenet_weights_url, load_imagenet_weights
+from mnv2_tf.models.weights import (
+    LoadReport,
+    fetch,
+    imagenet_weights_for,
+    imagenet_weights_url,
+    is_url,
+    load_imagenet_weights,
+)
 
 BUILDERS = {"mobilenet_v2": mobilenet_v2, "mobilenet_v1": mobilenet_v1}
 
@@ -42,7 +49,10 @@ __all__ = [
     "build",
     "endpoint_layer_names",
     "feature_extractor",
+    "fetch",
+    "imagenet_weights_for",
     "imagenet_weights_url",
+    "is_url",
     "load_imagenet_weights",
     "make_divisible",
     "mobilenet_v1",

@@ -66,6 +66,18 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _init_text(init: dict) -> str:
+    """model.init_from as the report says it: a named backbone with its own figures."""
+    backbone = init.get("backbone")
+    if not backbone:
+        return f"`{init.get('url') or init['from']}`"
+    return (
+        f"`{init['from']}`, a classifier of its own: top-1 {_pct(backbone.get('eval_top1'))}% "
+        f"on its own test set after {backbone.get('epochs')} epochs, trained in "
+        f"{backbone.get('train_wall_time_s', 0) / 60:.1f} min (`{backbone['workdir']}`)"
+    )
+
+
 def markdown(
     runs: list[dict], table: list[dict], plots: dict[str, str], folder: str | None = None
 ) -> str:
@@ -82,6 +94,8 @@ def markdown(
             f"{last.get('eval_examples', '-')} images, "
             f"training wall time {last.get('wall_time_s', 0) / 60:.1f} min"
         )
+        if run.get("init"):
+            lines.append(f"  - started from {_init_text(run['init'])}")
     # One table per task: its columns differ.
     columns = {c.key: c for run in runs for c in _task(run).summary_columns}
     header = ["run", "model", "MediaPipe", "size KiB", "MACs (M)", "params (M)"]

@@ -196,6 +196,8 @@ def run_one(config, workdir: str, android=None, log=print) -> dict:
             "epochs": config.train.epochs,
         },
         "metrics": metrics,
+        # Where training started (model.init_from, resolved; a named backbone's own figures).
+        "init": config_lib.load_saved(workdir)[1].get("init"),
         "export": export_report,
         "benchmark": bench,
         "examples_png": examples,

@@ -34,10 +34,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from absl import logging
 
+from mnv2_tf import backbones, fileio, models, tasks
 from mnv2_tf import config as config_lib
-from mnv2_tf import fileio, models, tasks
 from mnv2_tf.errors import UserError
 from mnv2_tf.train import distribute, optim, precise_bn
 from mnv2_tf.train.ema import EMA
@@ -141,7 +140,7 @@ class _State:
     manager: tf.train.CheckpointManager
 
 
-def _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir) -> _State:
+def _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir, init) -> _State:
     train_cfg = config.train
     with strategy.scope():
         model = task.build_model()
@@ -169,38 +168,87 @@ def _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir) ->
                 f"({str(e).splitlines()[0][:200]}); use a new --workdir"
             ) from e
         print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", flush=True)
-    elif config.model.init_from:
-        _init_from(model, config.model.init_from)
+    elif init:
+        _init_from(model, init["path"], task.head_layers, config.model.weights_mirror)
         if ema is not None:
             for shadow, weight in zip(ema.shadows, model.weights, strict=True):
                 shadow.assign(weight)
     return _State(model, schedule, optimizer, ema, step, manager)
 
 
-def _init_from(model: tf_keras.Model, source: str) -> None:
-    """Initializes from Keras ImageNet weights or another run's workdir, replacing a head
-    whose number of classes differs."""
+def resolve_init(model_cfg) -> dict | None:
+    """Where `model.init_from` points, as a local file: {"from", "path"} (+ "backbone":
+    its own figures). "imagenet" is Keras' official file of the model's width (and the
+    nearest resolution); a named backbone is trained first if the cache lacks it; a URL is
+    downloaded once; a workdir gives its best/model.h5 (else final/)."""
+    source = model_cfg.init_from
+    if not source or source.lower() == "none":  # --config.model.init_from=None: from scratch
+        return None
+    facts = {"from": source}
+    if source == "imagenet":
+        source = models.imagenet_weights_for(model_cfg.name, model_cfg.alpha, model_cfg.input_size)
+        facts["url"] = source
+    if source.startswith(backbones.PREFIX):
+        source = backbones.ensure(source[len(backbones.PREFIX) :])
+        facts["backbone"] = {"workdir": source, **backbones.summary(source)}
     if tf.io.gfile.isdir(source):
         for candidate in ("best/model.h5", "final/model.h5"):
             path = os.path.join(source, candidate)
             if tf.io.gfile.exists(path):
-                source = path
+                source = fileio.local_copy(path)
                 break
         else:
             raise UserError(f"model.init_from: no best/model.h5 or final/model.h5 in {source}")
-    report = models.load_imagenet_weights(model, source)
-    logging.info(
-        "initialized %d layers from %s%s",
-        len(report.loaded),
-        report.path,
-        f" (new head: {report.skipped_head})" if report.skipped_head else "",
+    elif models.is_url(source):
+        source = models.fetch(source, mirror=model_cfg.weights_mirror)
+    elif not os.path.isfile(source):
+        raise UserError(
+            f"model.init_from: {source} not found; pass a .h5 file, a URL, a training workdir, "
+            "imagenet (Keras' weights of model.alpha) or a named backbone "
+            f"({', '.join(backbones.PREFIX + n for n in backbones.CONFIGS)})"
+        )
+    return {**facts, "path": source}
+
+
+def _resolve_init_here(model_cfg, seed: int) -> dict | None:
+    """`resolve_init` inside a run: a backbone built on the way trains with its own
+    precision and seed; this run's are set back afterwards."""
+    policy = tf_keras.mixed_precision.global_policy()
+    try:
+        return resolve_init(model_cfg)
+    finally:
+        tf_keras.mixed_precision.set_global_policy(policy)
+        tf_keras.utils.set_random_seed(seed)
+
+
+def _init_from(model: tf_keras.Model, path: str, head_layers, mirror: str | None = None) -> None:
+    """Loads the backbone by layer name from a `.h5` file (see `models.load_imagenet_weights`:
+    what transfers, and the one-line error for a file that does not fit)."""
+    report = models.load_imagenet_weights(model, path, head_layers=head_layers, mirror=mirror)
+    print(
+        f"initialized {len(report.loaded)} layers from {report.path}"
+        + (f"; new: {', '.join(report.skipped_head)}" if report.skipped_head else ""),
+        flush=True,
     )
 
 
-def _set_backbone_trainable(model: tf_keras.Model, task: tasks.Task, trainable: bool) -> None:
+def _set_backbone_trainable(
+    model: tf_keras.Model, task: tasks.Task, trainable: bool, freeze_bn: bool
+) -> None:
     for layer in model.layers:
         if layer.name not in task.head_layers:
-            layer.trainable = trainable
+            bn = isinstance(layer, tf_keras.layers.BatchNormalization)
+            # A non-trainable BatchNormalization runs in inference mode (Keras 2 semantics).
+            layer.trainable = trainable and not (freeze_bn and bn)
+
+
+def _backbone_variables(model: tf_keras.Model, task: tasks.Task) -> set:
+    return {
+        v.ref()
+        for layer in model.layers
+        if layer.name not in task.head_layers
+        for v in layer.trainable_weights
+    }
 
 
 # --- compiled step functions --------------------------------------------------------------
@@ -221,6 +269,7 @@ class _Steps:
         self.kernels = (
             optim.decayed_kernels(state.model) if config.train.optimizer != "adamw" else []
         )
+        self.backbone_lr = config.train.backbone_lr_multiplier
         self._loops = {}
         self._predict = tf.function(self._predict_step)
 
@@ -228,17 +277,19 @@ class _Steps:
         """A compiled loop of `num_steps` steps over the trainable variables of now."""
         if frozen not in self._loops:
             variables = self.state.model.trainable_variables
+            backbone = _backbone_variables(self.state.model, self.task)
+            scales = [self.backbone_lr if v.ref() in backbone else 1.0 for v in variables]
             self._loops[frozen] = tf.function(
-                lambda iterator, num_steps: self._loop(iterator, num_steps, variables)
+                lambda iterator, num_steps: self._loop(iterator, num_steps, variables, scales)
             )
         return self._loops[frozen]
 
-    def _loop(self, iterator, num_steps, variables):
+    def _loop(self, iterator, num_steps, variables, scales):
         strategy, state = self.strategy, self.state
         names = self.task.train_metric_names
         loss_sum, sums = tf.constant(0.0), tf.zeros([len(names)])  # autograph: no dicts
         for _ in tf.range(num_steps):
-            loss, figures = strategy.run(self._train_step, args=(next(iterator), variables))
+            loss, figures = strategy.run(self._train_step, args=(next(iterator), variables, scales))
             loss_sum += strategy.reduce("SUM", loss, axis=None)
             sums += tf.stack([strategy.reduce("SUM", figures[k], axis=None) for k in names])
             state.step.assign_add(1)
@@ -247,7 +298,7 @@ class _Steps:
         n = tf.cast(num_steps, tf.float32)
         return loss_sum / n, {name: sums[i] / n for i, name in enumerate(names)}
 
-    def _train_step(self, inputs, variables):
+    def _train_step(self, inputs, variables, scales):
         model, optimizer = self.state.model, self.state.optimizer
         with tf.GradientTape() as tape:
             outputs = _float32(model(inputs["image"], training=True))
@@ -259,6 +310,8 @@ class _Steps:
         grads = tape.gradient(scaled, variables)
         if self.loss_scaling:
             grads = optimizer.get_unscaled_gradients(grads)
+        # With SGD a gradient's scale is its learning rate's (momentum included).
+        grads = [g if k == 1.0 else g * k for g, k in zip(grads, scales, strict=True)]
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         figures = self.task.train_metrics(inputs, outputs)
         return loss, {k: tf.reduce_sum(v) / self.global_batch for k, v in figures.items()}
@@ -330,6 +383,12 @@ class _InferenceModel:
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains (or resumes) the run in `workdir`; returns the metrics of every epoch."""
     train_cfg = config.train
+    if train_cfg.backbone_lr_multiplier != 1.0 and train_cfg.optimizer != "sgd":
+        raise UserError(
+            f"train.backbone_lr_multiplier={train_cfg.backbone_lr_multiplier} needs "
+            f"train.optimizer=sgd (it scales the backbone's gradients, which "
+            f"{train_cfg.optimizer} undoes)"
+        )
     distribute.split_cpu(train_cfg.logical_cpu_devices)
     strategy = distribute.get_strategy(train_cfg.strategy)
     chief = distribute.is_chief(strategy)
@@ -344,11 +403,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     run = _prepare(config, strategy, policy)
     task, steps_per_epoch = run.task, run.steps_per_epoch
     _check_workdir_matches(workdir, run.resolved)
+    # After the data is read (a bad data_dir costs no backbone build), before the model.
+    resumed = tf.train.latest_checkpoint(os.path.join(outdir, "checkpoints"))
+    init = None if resumed else _resolve_init_here(config.model, train_cfg.seed)
+    if init is not None:
+        run.resolved["init"] = init
+    elif resumed and "init" in (saved := fileio.read_json(os.path.join(workdir, "config.json"))):
+        run.resolved["init"] = saved["init"]  # what this run started from
     if chief:
         fileio.write_json_atomic(os.path.join(workdir, "config.json"), run.resolved)
         class_names = run.resolved["dataset"]["class_names"]
         fileio.write_text_atomic(os.path.join(workdir, "labels.txt"), "\n".join(class_names) + "\n")
-    state = _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir)
+    state = _restore_or_init(config, task, strategy, policy, steps_per_epoch, outdir, init)
     model, ema, step, manager = state.model, state.ema, state.step, state.manager
     steps = _Steps(config, task, state, strategy, policy)
     inference_model = _InferenceModel(task)
@@ -378,7 +444,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     for epoch in range(start_epoch, train_cfg.epochs):
         # Train steps.
         frozen = epoch < train_cfg.freeze_backbone_epochs
-        _set_backbone_trainable(model, task, not frozen)
+        _set_backbone_trainable(model, task, not frozen, train_cfg.freeze_bn)
         loop = steps.loop(frozen)
         progress = _Progress(steps_per_epoch, epoch + 1, train_cfg.epochs, task.train_metric_names)
         epoch_end = (epoch + 1) * steps_per_epoch
