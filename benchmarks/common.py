@@ -153,6 +153,69 @@ def train_until(
     return epochs
 
 
+def epoch_reader(workdir: str):
+    """For `train_until`: a train.py line -> that epoch's eval figures from the run's
+    metrics.json (written before its line), or None for other lines."""
+    import re
+
+    pattern = re.compile(r"^epoch (\d+)/\d+ step")
+
+    def read(line: str) -> dict | None:
+        match = pattern.match(line)
+        if not match:
+            return None
+        with open(os.path.join(workdir, "metrics.json")) as f:
+            entry = json.load(f)[int(match[1]) - 1]
+        figures = {k[5:]: v for k, v in entry.items() if k.startswith("eval_") and "/" not in k}
+        return {"epoch": entry["epoch"], **figures, "wall_time_s": entry["wall_time_s"]}
+
+    return read
+
+
+def backbone_before(config) -> dict | None:
+    """The named backbone `config` starts from (model.init_from=backbone:NAME), built first
+    if the cache lacks it (`python -m mnv2_tf.backbones NAME`, timed apart, as the
+    composites are): its workdir, its own figures and whether this run built it."""
+    from mnv2_tf import backbones
+
+    source = config.model.init_from or ""
+    if not source.startswith(backbones.PREFIX):
+        return None
+    name = source[len(backbones.PREFIX) :]
+    folder = os.path.join(backbones.cache_root(), backbones.key(name, backbones.config_of(name)))
+    built = not os.path.exists(os.path.join(folder, "best", "model.h5"))
+    start = time.time()
+    if built:
+        command = [sys.executable, "-m", "mnv2_tf.backbones", name]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
+    return {
+        "name": name,
+        "workdir": folder,
+        "built_by_this_run": built,
+        "seconds_this_run": round(time.time() - start, 1),
+        **backbones.summary(folder),
+    }
+
+
+def scratch_beside(config: str, workdir: str) -> dict:
+    """`config` trained from scratch (model.init_from=None), its schedule unchanged: the
+    baseline of a fine-tuned run at the same budget (train.py only, no export)."""
+    epochs = train_until(
+        config, workdir, ["--config.model.init_from=None"], epoch_reader(workdir),
+        lambda _: False, "from scratch",
+    )  # fmt: skip
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        final = json.load(f)[-1]
+    return {
+        "command": f"python train.py --config={config} --workdir=WORKDIR "
+        "--config.model.init_from=None",
+        "epochs": epochs,
+        "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},
+        "train_wall_time_s": final["wall_time_s"],
+    }
+
+
 def read_run(workdir: str) -> tuple[dict, dict, list[dict]]:
     """A finished pipeline run's report.json, export/export_report.json and metrics.json."""
     with open(os.path.join(workdir, "report.json")) as f:

@@ -35,8 +35,6 @@ _RERUN = flags.DEFINE_multi_string("rerun", [], "Run these levers again even if 
 _SCRATCH = flags.DEFINE_string("scratch", "/tmp/mnv2_levers", "Where the runs train.")
 flags.mark_flags_as_required(["config", "name", "lever"])
 
-EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ step")
-
 
 def parse_lever(spec: str) -> tuple[str, list[str]]:
     """`NAME:a.b=1;c.d=x` -> (NAME, ["--config.a.b=1", "--config.c.d=x"])."""
@@ -54,21 +52,14 @@ def parse_lever(spec: str) -> tuple[str, list[str]]:
 def run_lever(name: str, overrides: list[str]) -> list[dict]:
     workdir = os.path.join(_SCRATCH.value, _NAME.value, re.sub(r"[^a-z0-9]+", "_", name.lower()))
 
-    def epoch_figures(line: str) -> dict | None:
-        match = EPOCH_LINE.match(line)
-        if not match:
-            return None
-        with open(os.path.join(workdir, "metrics.json")) as f:
-            entry = json.load(f)[int(match[1]) - 1]
-        figures = {k[5:]: v for k, v in entry.items() if k.startswith("eval_") and "/" not in k}
-        return {"epoch": entry["epoch"], **figures}
-
     def stop(epochs: list[dict]) -> bool:
         if _SECONDS.value:
             return epochs[-1]["seconds"] >= _SECONDS.value
         return len(epochs) >= _EPOCHS.value
 
-    return common.train_until(_CONFIG.value, workdir, overrides, epoch_figures, stop, name)
+    return common.train_until(
+        _CONFIG.value, workdir, overrides, common.epoch_reader(workdir), stop, name
+    )
 
 
 def main(argv):

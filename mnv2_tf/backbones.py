@@ -48,7 +48,7 @@ def fmnist_config() -> ml_collections.ConfigDict:
     config.data.data_dir = "/usr/share/datasets/fashion-mnist"
     config.data.augment = "paste"
 
-    config.train.epochs = 8
+    config.train.epochs = 15
     config.train.batch_size = 128
     config.train.optimizer = "sgd"
     config.train.learning_rate = 0.2
@@ -94,6 +94,9 @@ def summary(workdir: str) -> dict:
     best = max(history, key=lambda m: m.get("eval_top1", -1.0))
     return {
         "eval_top1": best.get("eval_top1"),
+        # As the reports of the runs that start from it say it.
+        "figure": f"top-1 {100 * best.get('eval_top1', 0.0):.2f}% on its own test set "
+        f"(epoch {best['epoch']} of {history[-1]['epoch']})",
         "best_epoch": best["epoch"],
         "epochs": history[-1]["epoch"],
         "train_wall_time_s": history[-1]["wall_time_s"],

@@ -30,8 +30,9 @@ def test_config_has_the_common_fields_and_round_trips(path):
     assert ml_collections.ConfigDict(as_json).to_dict() == as_json
 
 
-def test_configs_are_the_expected_seven():
+def test_configs_are_the_expected_eight():
     assert CONFIGS == [
+        "configs/backbone_fmnist.py",
         "configs/coco_ssdlite.py",
         "configs/detection_fmnist.py",
         "configs/fashion_mnist.py",

@@ -195,6 +195,34 @@ def test_random_erasing_and_padding_crop():
         assert out.shape == (32, 32, 3)
 
 
+def test_paste_draws_the_item_tinted_over_a_scene():
+    """ "paste": the item's pixels are its opacity over a two-colour gradient with noise, at
+    half to full size; its tint stays visible; evaluation is the plain resize."""
+    item = np.zeros((28, 28, 1), np.uint8)
+    item[4:24, 8:20] = 255  # an opaque rectangle on black
+    for out in _both_ways(lambda x: preprocess.paste_on_background(x, False, 64), item):
+        image = out.numpy()
+        assert image.shape == (64, 64, 3) and image.min() >= 0 and image.max() <= 255
+        # The scene varies (gradient, noise): no flat black canvas as in the source.
+        assert image.std() > 3 and np.abs(image - image.mean((0, 1))).mean() > 1
+    # The same draw with a transparent item is the bare scene: where they differ is the
+    # item, a 0.5-1.0 scale of the source's 20x12 rectangle, in one colour inside.
+    scenes = []
+    for source in (item, np.zeros_like(item)):
+        tf.random.set_seed(3)
+        scenes.append(preprocess.paste_on_background(tf.constant(source), False, 64).numpy())
+    where = np.abs(scenes[0] - scenes[1]).max(-1) > 1
+    share = where.mean() / (20 * 12 / 28**2)
+    assert 0.2 < share < 1.1
+    ys, xs = np.nonzero(where)
+    inside = scenes[0][(ys.min() + ys.max()) // 2, xs.min() + 2 : xs.max() - 2]
+    assert np.ptp(inside, axis=0).max() < 1e-3  # one tint, no noise over the opaque item
+    spec = Preprocessing(input_size=32)
+    fn = preprocess.make_fn(training=False, encoded=False, preprocessing=spec, augment="paste")
+    evaluated = fn({"image": tf.constant(item)})["image"].numpy()
+    assert evaluated.min() == -1.0 and evaluated.max() == 1.0  # black and white, resized
+
+
 def test_normalization_uses_the_model_constants():
     spec = Preprocessing(input_size=32)
     fn = preprocess.make_fn(training=False, encoded=False, preprocessing=spec, augment="small")

@@ -236,8 +236,9 @@ def test_detector_starts_from_imagenet_or_a_classification_run(tmp_path):
     path = tmp_path / "imagenet_no_top.h5"
     keras.save_weights(str(path))
     detector = ssdlite.ssd(11, "mobilenet_v2", 0.35, 96)
+    heads = {layer.name for layer in detector.layers if not detection_task._is_backbone(layer.name)}
     before = detector.get_layer("class_predictor_0").get_weights()[0].copy()
-    trainer._init_from(detector, str(path))
+    trainer._init_from(detector, str(path), heads)
     for name in ("Conv1", "block_13_expand", "Conv_1"):
         np.testing.assert_array_equal(
             detector.get_layer(name).get_weights()[0], keras.get_layer(name).get_weights()[0]
@@ -249,7 +250,12 @@ def test_detector_starts_from_imagenet_or_a_classification_run(tmp_path):
                                                    classes=10, weights=None)  # fmt: skip
     (tmp_path / "run" / "best").mkdir(parents=True)
     classifier.save(tmp_path / "run" / "best" / "model.h5")
-    trainer._init_from(detector, str(tmp_path / "run"))
+    init = trainer.resolve_init(
+        config_lib.set_fields(
+            config_lib.base_config(), {"model.init_from": str(tmp_path / "run")}
+        ).model
+    )
+    trainer._init_from(detector, init["path"], heads)
     np.testing.assert_array_equal(
         detector.get_layer("block_13_expand").get_weights()[0],
         classifier.get_layer("block_13_expand").get_weights()[0],

@@ -21,6 +21,7 @@ from mnv2_tf import config as config_lib
 from mnv2_tf.data import synthetic
 from mnv2_tf.errors import UserError
 from mnv2_tf.models import weights
+from mnv2_tf.pipeline import report
 from mnv2_tf.train import trainer
 from tests.test_detection_task import TINY_TABLE, tiny_detection_config
 from tests.test_train import TINY, needs_fmnist
@@ -88,7 +89,10 @@ def test_a_file_that_does_not_fit_is_one_line_naming_the_first_layer(tmp_path, r
     before = model.get_layer("Conv1").get_weights()[0].copy()
     wide = tmp_path / "alpha_0.5.h5"
     _saved_classifier(wide, randomize_weights, alpha=0.5, input_shape=(32, 32, 3))
-    with pytest.raises(UserError, match=r"layer Conv1 \(the first that differs\) has shapes"):
+    with pytest.raises(
+        UserError,
+        match=r"layer block_1_project \(the first that differs\) has shapes .*another width multiplier",
+    ):
         models.load_imagenet_weights(model, str(wide), head_layers=task.head_layers)
     v1 = tmp_path / "v1.h5"
     models.mobilenet_v1(alpha=0.25, input_shape=(32, 32, 3), num_classes=10).save(str(v1))
@@ -279,6 +283,8 @@ def test_a_named_backbone_is_trained_once_and_reused_by_later_runs(tmp_path, mon
     assert saved["init"]["backbone"]["workdir"] == str(root / folder)
     assert 0.0 <= saved["init"]["backbone"]["eval_top1"] <= 1.0
     assert saved["init"]["backbone"]["train_wall_time_s"] > 0
+    line = report._init_text(saved["init"])  # what the run's report.md says
+    assert line.startswith("`backbone:tiny`, a classifier of its own: top-1 ") and "min (`" in line
 
     # The levers held: at a backbone learning rate of 0 with BN frozen, every backbone
     # weight and statistic of the trained detector is the classifier's; the head trained.

@@ -127,7 +127,9 @@ def paste_on_background(
     opacity) resized to a random `scale` of the side, tinted one random colour and placed
     at a random position over a two-colour gradient with Gaussian noise. A colour too close
     to the background's mean is inverted, so the item stays visible."""
-    gray = tf.cast(decode(image, encoded)[..., :1], tf.float32)
+    if encoded:
+        image = tf.io.decode_image(image, channels=1, expand_animations=False)
+    gray = tf.reduce_mean(tf.cast(tf.convert_to_tensor(image), tf.float32), -1, keepdims=True)
     side = tf.cast(tf.round(tf.random.uniform([], scale[0], scale[1]) * size), tf.int32)
     alpha = tf.image.resize(gray, [side, side]) / 255.0
     top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)

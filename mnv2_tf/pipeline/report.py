@@ -72,8 +72,7 @@ def _init_text(init: dict) -> str:
     if not backbone:
         return f"`{init.get('url') or init['from']}`"
     return (
-        f"`{init['from']}`, a classifier of its own: top-1 {_pct(backbone.get('eval_top1'))}% "
-        f"on its own test set after {backbone.get('epochs')} epochs, trained in "
+        f"`{init['from']}`, a classifier of its own: {backbone.get('figure', '-')}, trained in "
         f"{backbone.get('train_wall_time_s', 0) / 60:.1f} min (`{backbone['workdir']}`)"
     )
 

@@ -490,14 +490,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             skipped_images=run.skipped,
         )
         history.append(metrics)
-        _log_epoch(metrics, train_cfg.epochs)
-        if chief:
+        if chief:  # before the epoch's line: whoever reads the line finds it written
             fileio.write_json_atomic(metrics_path, history)
             with writer.as_default(step=metrics["step"]):
                 for key, value in metrics.items():
                     if key.startswith(("train_", "eval_", "images_", "learning_")):
                         tf.summary.scalar(key, value)
             writer.flush()
+        _log_epoch(metrics, train_cfg.epochs)
         manager.save(checkpoint_number=current)
 
     if weights is None:  # nothing left to train: the finished run's models again
