@@ -43,6 +43,7 @@ _CONTINUE = flags.DEFINE_string(
 )
 
 _SCRATCH = flags.DEFINE_bool("scratch", True, "Train the from-scratch baseline beside it.")
+_REUSE = flags.DEFINE_bool("reuse", False, "Read the finished pipeline run in --workdir.")
 
 TARGETS = {
     "map50": 0.80,
@@ -62,7 +63,11 @@ def main(argv):
     backbone = common.backbone_before(config)
 
     earlier = common.read_pipeline_log(_CONTINUE.value) if _CONTINUE.value else []
-    wall, lines = common.run_pipeline(_CONFIG.value, _WORKDIR.value, fresh=not earlier)
+    if _REUSE.value:  # the finished run's own log: its lines and their seconds
+        lines = common.read_pipeline_log(os.path.join(_WORKDIR.value, "pipeline.log"))
+        wall = lines[-1][0]
+    else:
+        wall, lines = common.run_pipeline(_CONFIG.value, _WORKDIR.value, fresh=not earlier)
     if earlier:  # the interrupted invocation's lines first, this one's after them
         offset = earlier[-1][0]
         lines = [*earlier, *[(t + offset, text) for t, text in lines]]

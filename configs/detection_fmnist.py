@@ -49,7 +49,11 @@ def get_config(variant: str = ""):
     config.detection.match_threshold = 0.4
     config.detection.reduce_boxes_in_lowest_layer = False
 
-    config.train.epochs = 15
+    # Fine-tuning (results/detection_finetune_levers.json, mAP@.5 after a 3-epoch schedule):
+    # the backbone at 0.1x the learning rate 0.393; the whole network at one rate 0.364; a
+    # first epoch on the head alone 0.349; the backbone's BN frozen 0.316 (from scratch: 0.208).
+    config.train.backbone_lr_multiplier = 0.1
+    config.train.epochs = 24
     config.train.batch_size = 64
     config.train.optimizer = "sgd"
     config.train.learning_rate = 0.1

@@ -325,8 +325,12 @@ def test_a_named_backbone_is_trained_once_and_reused_by_later_runs(tmp_path, mon
 
 
 def test_backbone_lr_multiplier_needs_sgd(tmp_path):
-    config = tiny_detection_config(
-        "", **{"train.optimizer": "adamw", "train.backbone_lr_multiplier": 0.1}
-    )
+    levers = {"train.backbone_lr_multiplier": 0.1, "train.freeze_bn": True}
+    config = tiny_detection_config("", **{"train.optimizer": "adamw", **levers})
+    fine_tuning = config_lib.set_fields(config, {"model.init_from": "imagenet"})
     with pytest.raises(UserError, match=r"backbone_lr_multiplier=0\.1 needs train\.optimizer=sgd"):
-        trainer.train(config, str(tmp_path / "run"))
+        trainer.train(fine_tuning, str(tmp_path / "run"))
+    # From scratch the fine-tuning levers do not apply (and say so): nothing to keep.
+    neutral = trainer._finetune_levers_only_when_finetuning(config)
+    assert neutral.train.backbone_lr_multiplier == 1.0 and neutral.train.freeze_bn is False
+    assert trainer._finetune_levers_only_when_finetuning(fine_tuning) is fine_tuning

@@ -380,8 +380,32 @@ class _InferenceModel:
         return self.model
 
 
+FINETUNE_LEVERS = {
+    "train.freeze_backbone_epochs": 0,
+    "train.backbone_lr_multiplier": 1.0,
+    "train.freeze_bn": False,
+}
+
+
+def _finetune_levers_only_when_finetuning(config):
+    """From scratch (model.init_from unset or None) the fine-tuning levers have nothing to
+    keep: they are set to their neutral values, and one line says so. A config that
+    fine-tunes by default then trains from scratch with one override."""
+    source = config.model.init_from
+    if source and source.lower() != "none":
+        return config
+    set_ = {
+        k: v for k, v in FINETUNE_LEVERS.items() if config[k.split(".")[0]][k.split(".")[1]] != v
+    }
+    if not set_:
+        return config
+    print(f"from scratch (model.init_from unset): {', '.join(set_)} not applied", flush=True)
+    return config_lib.set_fields(config, FINETUNE_LEVERS)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains (or resumes) the run in `workdir`; returns the metrics of every epoch."""
+    config = _finetune_levers_only_when_finetuning(config)
     train_cfg = config.train
     if train_cfg.backbone_lr_multiplier != 1.0 and train_cfg.optimizer != "sgd":
         raise UserError(
