@@ -198,6 +198,18 @@ def backbone_before(config) -> dict | None:
     }
 
 
+def dense_header(config_spec: str, config, data_seconds: float, backbone: dict | None) -> dict:
+    """The first fields of a dense benchmark's results: what ran, where, and what it was
+    given before its clock started (the composites, the backbone)."""
+    return {
+        "command": f"python pipeline.py --config={config_spec} --workdir=WORKDIR",
+        "machine": machine(),
+        "data_seconds_before": round(data_seconds, 1),
+        "backbone": backbone,
+        "init_from": config.model.init_from,
+    }
+
+
 def scratch_beside(config: str, workdir: str) -> dict:
     """`config` trained from scratch (model.init_from=None), its schedule unchanged: the
     baseline of a fine-tuned run at the same budget (train.py only, no export)."""

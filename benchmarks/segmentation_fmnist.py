@@ -286,11 +286,7 @@ def main(argv):
     common.copy_report(workdir, _DOCS.value)
     scratch = common.scratch_beside(_CONFIG.value, workdir + "_scratch") if _SCRATCH.value else None
     results = {
-        "command": f"python pipeline.py --config={_CONFIG.value} --workdir=WORKDIR",
-        "machine": common.machine(),
-        "data_seconds_before": round(data_seconds, 1),
-        "backbone": backbone,
-        "init_from": config.model.init_from,
+        **common.dense_header(_CONFIG.value, config, data_seconds, backbone),
         "pipeline": pipeline,
         "from_scratch": scratch,
         "targets": TARGETS,

@@ -39,7 +39,11 @@ def fmnist_config() -> ml_collections.ConfigDict:
     at 64 px is a 32-96 px item at 160 px seen two maps later), so every layer transfers
     by name to SSDLite at 160 px and DeepLab at 128 px. Chosen over the main job's
     classifier (32 px, stem stride removed, plain items) by fine-tuning both side by side:
-    benchmarks/results/backbone_choice.json."""
+    benchmarks/results/backbone_choice.json.
+
+    Written out here rather than derived from configs/fashion_mnist.py, whose training
+    section it repeats: the cache is keyed by this config, and an edit of the main job's
+    recipe must not retrain every user's backbone."""
     config = base_config()
     config.model.alpha = 0.35
     config.model.input_size = 64
