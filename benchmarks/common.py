@@ -182,8 +182,8 @@ def backbone_before(config) -> dict | None:
     if not source.startswith(backbones.PREFIX):
         return None
     name = source[len(backbones.PREFIX) :]
-    folder = os.path.join(backbones.cache_root(), backbones.key(name, backbones.config_of(name)))
-    built = not os.path.exists(os.path.join(folder, "best", "model.h5"))
+    folder = backbones.folder_of(name)
+    built = not backbones.is_built(folder)
     start = time.time()
     if built:
         command = [sys.executable, "-m", "mnv2_tf.backbones", name]

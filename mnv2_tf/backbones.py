@@ -108,6 +108,15 @@ def summary(workdir: str) -> dict:
     }
 
 
+def folder_of(name: str, root: str | None = None) -> str:
+    """The cache folder of backbone `name`'s current recipe (built or not)."""
+    return os.path.join(root or cache_root(), key(name, config_of(name)))
+
+
+def is_built(folder: str) -> bool:
+    return fileio.exists(os.path.join(folder, "best", "model.h5"))
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str) -> None:
     from mnv2_tf.train import trainer  # the trainer imports this module
 
@@ -118,13 +127,13 @@ def ensure(name: str, root: str | None = None) -> str:
     """The workdir of backbone `name` (trained here first if the cache lacks it)."""
     config = config_of(name)
     root = root or cache_root()
-    folder = os.path.join(root, key(name, config))
-    if fileio.exists(os.path.join(folder, "best", "model.h5")):
+    folder = folder_of(name, root)
+    if is_built(folder):
         return folder
     partial = folder + ".partial"
     fileio.makedirs(partial)
     with fileio.workdir_lock(partial, f"the build of backbone {name}"):
-        if fileio.exists(os.path.join(folder, "best", "model.h5")):  # built while we waited
+        if is_built(folder):  # built while we waited
             return folder
         print(
             f"backbone {name}: not in {root}; training it once ({config.train.epochs} epochs on "

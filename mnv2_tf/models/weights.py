@@ -1,9 +1,12 @@
-"""Loading Keras' official ImageNet `.h5` weights into our models, by layer name.
+"""Starting a model from a classifier's `.h5`: Keras' ImageNet files, our own runs.
 
 Our layer names are Keras', so the files of `tf_keras.applications.MobileNetV2` (and
-`MobileNet` for V1) load directly. Loading checks every layer's shapes first: a file for
-another width multiplier fails with a clear error instead of half-loading, and only the
-classifier may differ (fine-tuning onto another number of classes keeps the fresh head).
+`MobileNet` for V1) load directly, as do our classification runs' `model.h5` and the named
+backbones' (`mnv2_tf/backbones.py`). What transfers is said once, in
+`load_imagenet_weights`: every backbone layer by name, BN statistics included, whatever the
+stride plan or input size; the head starts new. Loading checks every layer first: a file
+that does not fit stops in one line naming the first layer that differs, before anything is
+loaded. URLs are fetched once into ~/.cache/mnv2_tf/downloads (`fetch`, with a mirror).
 """
 
 from __future__ import annotations

@@ -225,9 +225,14 @@ def _init_from(model: tf_keras.Model, path: str, head_layers, mirror: str | None
     """Loads the backbone by layer name from a `.h5` file (see `models.load_imagenet_weights`:
     what transfers, and the one-line error for a file that does not fit)."""
     report = models.load_imagenet_weights(model, path, head_layers=head_layers, mirror=mirror)
+    new = report.skipped_head
     print(
         f"initialized {len(report.loaded)} layers from {report.path}"
-        + (f"; new: {', '.join(report.skipped_head)}" if report.skipped_head else ""),
+        + (
+            f"; {len(new)} new: {', '.join(new[:3])}{', ...' if len(new) > 3 else ''}"
+            if new
+            else ""
+        ),
         flush=True,
     )
 
@@ -432,7 +437,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     init = None if resumed else _resolve_init_here(config.model, train_cfg.seed)
     if init is not None:
         run.resolved["init"] = init
-    elif resumed and "init" in (saved := fileio.read_json(os.path.join(workdir, "config.json"))):
+    elif resumed and "init" in (
+        saved := fileio.read_json(os.path.join(workdir, "config.json")) or {}
+    ):
         run.resolved["init"] = saved["init"]  # what this run started from
     if chief:
         fileio.write_json_atomic(os.path.join(workdir, "config.json"), run.resolved)
